@@ -1,0 +1,104 @@
+"""Loading LDM-SR checkpoints: local folders, the hub code path (offline, from a cache), errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orl_gym.models import LDMSRArchitecture, ModelLoadError, load_ldmsr, resolve_dtype
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_pretrained_then_load_gives_the_same_model(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model_index.json").is_file()
+    loaded = load_ldmsr(tmp_path / "ckpt")
+    assert _same_weights(loaded.unet, tiny_model.unet) and _same_weights(loaded.vqvae, tiny_model.vqvae)
+    assert loaded.scheduler.config.beta_schedule == "scaled_linear"
+    assert loaded.scale_factor == 4 and loaded.latent_channels == 3
+    assert not any(p.requires_grad for p in loaded.unet.parameters())  # frozen
+
+
+def test_random_builds_are_seeded():
+    arch = LDMSRArchitecture.tiny()
+    assert _same_weights(arch.build(seed=1).unet, arch.build(seed=1).unet)
+    assert not _same_weights(arch.build(seed=1).unet, arch.build(seed=2).unet)
+
+
+def test_missing_pieces_are_named(tiny_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ckpt)
+    shutil.rmtree(ckpt / "scheduler")
+    (ckpt / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=r"unet/diffusion_pytorch_model.*scheduler/scheduler_config.json"):
+        load_ldmsr(ckpt)
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_ldmsr(tmp_path / "does-not-exist")
+
+
+def test_malformed_weights_give_a_clear_error(tiny_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ckpt)
+    (ckpt / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_ldmsr(ckpt)
+
+
+def test_a_non_ldmsr_unet_is_rejected(tmp_path):
+    arch = LDMSRArchitecture.tiny()
+    model = arch.build()
+    from diffusers import UNet2DModel
+
+    model.unet = UNet2DModel(in_channels=3, out_channels=3, block_out_channels=(16, 16, 32),
+                             down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                             norm_num_groups=8)
+    with pytest.raises(ModelLoadError, match="in_channels"):
+        type(model)(vqvae=model.vqvae, unet=model.unet, scheduler=model.scheduler)
+
+
+def test_dtype_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype("float32", cpu) == torch.float32
+    assert resolve_dtype("bf16", cuda) == torch.bfloat16
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_dtype("float16", cpu)
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8", cpu)
+
+
+def _hub_snapshot(tiny_model, hub_cache: Path, repo_id: str) -> None:
+    """Lay a checkpoint out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/)."""
+    commit = "0" * 40
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    tiny_model.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def _load_offline(hf_home: Path, repo_id: str) -> subprocess.CompletedProcess:
+    # huggingface_hub reads HF_HUB_OFFLINE at import time: a fresh interpreter.
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    code = ("import sys; from orl_gym.models import load_ldmsr\n"
+            "m = load_ldmsr(sys.argv[1]); print('loaded', m.scale_factor, m.source)")
+    return subprocess.run([sys.executable, "-c", code, repo_id], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_hub_id_code_path_loads_from_the_hub_cache_offline(tiny_model, tmp_path):
+    repo_id = "CompVis/ldm-super-resolution-4x-openimages"
+    _hub_snapshot(tiny_model, tmp_path / "hf" / "hub", repo_id)
+    done = _load_offline(tmp_path / "hf", repo_id)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"loaded 4 {repo_id}" in done.stdout
+    missing = _load_offline(tmp_path / "hf", "someone/not-cached")
+    assert missing.returncode != 0
+    assert "ModelLoadError" in missing.stderr and "someone/not-cached" in missing.stderr
