@@ -201,9 +201,11 @@ def load_ldmsr(
             raise ModelLoadError(f"model: no such folder {name} (and not a hub id 'owner/name')")
         location, kwargs = str(model), {"revision": revision}
     try:
-        vqvae = VQModel.from_pretrained(location, subfolder="vqvae", torch_dtype=torch_dtype, **kwargs)
-        unet = UNet2DModel.from_pretrained(location, subfolder="unet", torch_dtype=torch_dtype, **kwargs)
-        scheduler = DDIMScheduler.from_pretrained(location, subfolder="scheduler", **kwargs)
+        # low_cpu_mem_usage=False: the default path needs `accelerate` and warns without it.
+        kwargs.update(torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+        vqvae = VQModel.from_pretrained(location, subfolder="vqvae", **kwargs)
+        unet = UNet2DModel.from_pretrained(location, subfolder="unet", **kwargs)
+        scheduler = DDIMScheduler.from_pretrained(location, subfolder="scheduler", revision=kwargs.get("revision"))
     except (OSError, ValueError) as err:
         where = "local folder" if local.exists() else "hub id (is the hub reachable? set HF_HUB_OFFLINE=1 to use the cache only)"
         raise ModelLoadError(f"model: could not load {location} as a {where}: {err}") from err

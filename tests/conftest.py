@@ -30,3 +30,24 @@ def data_root() -> Path:
     if not path.is_dir():
         pytest.fail(f"ORL_GYM_DATA={root} is not a folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """A small synthetic dataset in class-folder layout: 2 classes x 8 smooth 48x48 RGB PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images") / "synthetic"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:48] / 48.0
+    for label in ("fields", "roads"):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            phase = rng.uniform(0, 2 * np.pi, size=3)
+            freq = rng.uniform(1, 6, size=3)
+            channels = [0.5 + 0.4 * np.sin(2 * np.pi * f * (xx if label == "fields" else yy) + p)
+                        for f, p in zip(freq, phase, strict=True)]
+            pixels = (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{label}{i:02d}.png")
+    return root

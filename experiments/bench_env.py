@@ -1,0 +1,127 @@
+"""Env throughput: env-steps/s of the batched env for N = 1, 8, 64, and its machinery overhead.
+
+    python experiments/bench_env.py [--model bundled] [--device cpu] [--out experiments/results/bench_env.md]
+
+An env step is one transition of one image (N per batched step). The machinery ratio is the wall
+time of one whole batched episode (reset, K plain DDIM steps, the final VQ decode and the
+reward) over the model's own work for that batch: K UNet calls plus one VQ decode, timed alone on
+the same shapes. Targets (CPU): N = 64 >= 10x the env-steps/s of N = 1; machinery ratio <= 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from orl_gym.actions import encode_params
+from orl_gym.configs import env_preset
+from orl_gym.io import atomic_write_text, machine_description
+from orl_gym.vector import LDMSuperResolutionVectorEnv
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steps_per_second(env: LDMSuperResolutionVectorEnv, *, steps: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    for _ in range(3):  # warm-up: allocator, kernels
+        env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+    _sync(env.params.device)
+    return env.num_envs * steps / (time.perf_counter() - start)
+
+
+def machinery_ratio(env: LDMSuperResolutionVectorEnv, *, repeats: int) -> tuple[float, float, float]:
+    """(episode seconds, model-work seconds, ratio), medians over ``repeats``."""
+    params = env.params
+    plain = np.stack([encode_params(params.actions)] * env.num_envs)
+    episode, work = [], []
+    for r in range(repeats):
+        start = time.perf_counter()
+        env.reset(seed=r)
+        while True:
+            _, _, terminated, truncated, _ = env.step(plain)
+            if (terminated | truncated).all():
+                break
+        _sync(params.device)
+        episode.append(time.perf_counter() - start)
+
+        state = env.state.sampler
+        latents = torch.randn_like(state.latents)
+        unet_input = torch.cat([latents, state.lr * 2 - 1], dim=1)
+        t = params.schedule.timesteps[0].expand(env.num_envs)
+        with torch.no_grad():
+            start = time.perf_counter()
+            for _ in range(len(params.schedule)):
+                params.model.unet(unet_input, t)
+            params.model.vqvae.decode(latents)
+            _sync(params.device)
+        work.append(time.perf_counter() - start)
+    episode_s, work_s = statistics.median(episode), statistics.median(work)
+    return episode_s, work_s, episode_s / work_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny-x4", help="env preset (default: tiny-x4)")
+    parser.add_argument("--model", default=None, help="override the preset's model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--steps", type=int, default=20, help="timed batched steps per N")
+    parser.add_argument("--repeats", type=int, default=3, help="episodes for the machinery ratio")
+    parser.add_argument("--out", default="experiments/results/bench_env.md")
+    args = parser.parse_args(argv)
+
+    kwargs = env_preset(args.preset)
+    kwargs["device"] = args.device
+    if args.device == "cpu":
+        kwargs["dtype"] = "float32"
+    if args.model:
+        kwargs["model"] = args.model
+    rows, rates = [], {}
+    for n in args.num_envs:
+        env = LDMSuperResolutionVectorEnv(num_envs=n, **kwargs)
+        rates[n] = steps_per_second(env, steps=args.steps, seed=0)
+        rows.append(f"| {n} | {rates[n]:.1f} | {rates[n] / rates[args.num_envs[0]]:.1f}x |")
+        print(f"N={n}: {rates[n]:.1f} env-steps/s", file=sys.stderr)
+    n_max = max(args.num_envs)
+    env = LDMSuperResolutionVectorEnv(num_envs=n_max, **kwargs)
+    episode_s, work_s, ratio = machinery_ratio(env, repeats=args.repeats)
+    command = "python experiments/bench_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    K = len(env.params.schedule)
+    text = "\n".join([
+        f"# Env throughput ({args.preset}, {kwargs['model']}, {args.device})",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Machine: {machine_description(args.device)}",
+        "",
+        f"Random actions (all four parameters), {args.steps} timed batched steps after 3 warm-up steps.",
+        "",
+        "| N | env-steps/s | vs N = 1 |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"Machinery ratio at N = {n_max}: whole episode (reset, {K} plain DDIM steps, decode, reward "
+        f"incl. LPIPS) {episode_s:.3f} s / model work ({K} UNet calls + 1 VQ decode) {work_s:.3f} s "
+        f"= **{ratio:.2f}** (target <= 1.3).",
+        "",
+        f"Speed-up N = {n_max} over N = 1: **{rates[n_max] / rates[args.num_envs[0]]:.1f}x** (target >= 10x).",
+        "",
+    ])
+    atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

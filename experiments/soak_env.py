@@ -1,0 +1,80 @@
+"""Soak: run the batched env for many env steps and watch resident memory for growth.
+
+    python experiments/soak_env.py [--num-envs 64] [--env-steps 20000] [--out experiments/results/soak_env.md]
+
+An env step is one transition of one image, so 20,000 env steps at N = 64 are 313 batched steps
+(about 60 episodes per env with random strides). Resident memory (VmRSS) is sampled after every
+batched step; growth is measured from the end of the warm-up (the first 10% of steps, when
+caches fill: decoded images, allocator pools) to the end. Target: under 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from orl_gym.configs import env_preset
+from orl_gym.io import atomic_write_text, machine_description
+from orl_gym.vector import LDMSuperResolutionVectorEnv
+
+
+def resident_mib() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny-x4")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--env-steps", type=int, default=20_000)
+    parser.add_argument("--out", default="experiments/results/soak_env.md")
+    args = parser.parse_args(argv)
+    kwargs = env_preset(args.preset)
+    kwargs.update(device="cpu", dtype="float32")
+    if args.model:
+        kwargs["model"] = args.model
+
+    env = LDMSuperResolutionVectorEnv(num_envs=args.num_envs, **kwargs)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    batched_steps = -(-args.env_steps // args.num_envs)
+    warmup = max(1, batched_steps // 10)
+    samples, episodes = [], 0
+    start = time.perf_counter()
+    for _ in tqdm(range(batched_steps), desc="soak", unit="step"):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        episodes += int((terminated | truncated).sum())
+        samples.append(resident_mib())
+    seconds = time.perf_counter() - start
+    base, end, peak = samples[warmup - 1], samples[-1], max(samples[warmup - 1:])
+    growth = (end - base) / base * 100
+    command = "python experiments/soak_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = "\n".join([
+        "# Soak: resident memory of the batched env",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Machine: {machine_description('cpu')}",
+        "",
+        f"- {batched_steps * args.num_envs} env steps ({batched_steps} batched steps at N = {args.num_envs}), "
+        f"{episodes} episodes finished, {seconds:.0f} s",
+        f"- resident memory after warm-up ({warmup} batched steps): {base:.1f} MiB; at the end: {end:.1f} MiB; "
+        f"peak after warm-up: {peak:.1f} MiB",
+        f"- growth after warm-up: **{growth:+.2f}%** (target < 5%)",
+        "",
+    ])
+    atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

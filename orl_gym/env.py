@@ -1,0 +1,525 @@
+"""LDMSuperResolutionEnv: one super-resolution of one LR image as a Gymnasium episode.
+
+The environment logic is written once, batched, gymnax-style: ``EnvParams`` (what stays fixed:
+model, schedule, data, reward, action mapping) and ``EnvState`` (per-image tensors, batch first)
+with the pure functions ``reset_rows`` and ``step_batch``. ``LDMSuperResolutionEnv`` runs them
+with a batch of one; ``orl_gym.vector`` runs them with N, so both share every line of logic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from orl_gym import ENV_ID, sampler
+from orl_gym.actions import PARAMETERS, ActionConfig, decode_action
+from orl_gym.data import DataConfig, PairDataset
+from orl_gym.models import LDMSR, load_ldmsr
+from orl_gym.rewards import RewardConfig, RewardModel, RewardOutput
+
+__all__ = [
+    "ENV_ID",
+    "EnvConfig",
+    "EnvParams",
+    "EnvState",
+    "LDMSuperResolutionEnv",
+    "StepResult",
+    "build_params",
+    "observation_space",
+    "observe",
+    "reset_rows",
+    "step_batch",
+]
+
+
+# Progress features, each in [0, 1]: t / T, position on the schedule, UNet calls and guidance
+# evaluations used (both / schedule length), then the last step's four parameters normalized.
+PROGRESS_FEATURES = ("t", "schedule_position", "nfe", "guidance_evals",
+                     *(f"last_{p}" for p in PARAMETERS))
+
+
+# Finite bounds for the latent observation (checkers reject infinite ones). Latents of a DDIM run
+# stay within a few units of N(0, I); observations are clipped to this bound, which never binds
+# for a working model.
+LATENT_BOUND = 1.0e4
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything ``gym.make("orl_gym/LDMSR-v0", **kwargs)`` accepts (CPU-sized defaults).
+
+    Attributes:
+        model: checkpoint: ``"bundled"``, a folder, a hub id, or an ``LDMSR`` object.
+        data: image source (``DataConfig.source``: None = ``$ORL_GYM_DATA`` or RESISC45 on the hub),
+            or a ready ``PairDataset``.
+        split, categories, hr_size, crop: which images and how they are cut (see ``DataConfig``);
+            the scale is the model's.
+        image_order: ``"random"`` (a seeded draw per episode) or ``"sequential"`` (env i of N takes
+            images i, i + N, ... : an evaluation pass over the split).
+        max_images: use only this many images of the split, evenly spaced over its (class-sorted)
+            order so every class keeps its share (None: all).
+        num_inference_steps: length K of the default DDIM schedule the strides move along; the
+            efficiency term counts UNet calls against K.
+        step_budget: env steps allowed per episode (None = K: never binding, since every step
+            advances). Not ``max_episode_steps``: gym.make takes that one for its TimeLimit
+            wrapper, which would cut episodes off without scoring the image.
+        guidance_cost: compute of one guided step's decoder forward + backward, in UNet calls
+            (what the efficiency term charges for guidance).
+        actions, reward: ``ActionConfig`` / ``RewardConfig`` or dicts of their fields.
+        device, dtype: where the model runs and in what precision.
+    """
+
+    model: Any = "bundled"
+    data: Any = None
+    split: str = "train"
+    categories: tuple[str, ...] | None = None
+    hr_size: int = 64
+    crop: str = "random"
+    image_order: str = "random"
+    max_images: int | None = None
+    num_inference_steps: int = 20
+    step_budget: int | None = None
+    guidance_cost: float = 1.0
+    actions: ActionConfig | Mapping = field(default_factory=ActionConfig)
+    reward: RewardConfig | Mapping = field(default_factory=RewardConfig)
+    device: str = "cpu"
+    dtype: str = "float32"
+    gamma: float = 0.99  # discount used by the potential-based shaping term only
+
+    def __post_init__(self) -> None:
+        if isinstance(self.actions, Mapping):
+            object.__setattr__(self, "actions", ActionConfig(**self.actions))
+        if isinstance(self.reward, Mapping):
+            object.__setattr__(self, "reward", RewardConfig(**self.reward))
+        if self.categories is not None:
+            cats = (self.categories,) if isinstance(self.categories, str) else tuple(self.categories)
+            object.__setattr__(self, "categories", cats)
+        if self.image_order not in ("random", "sequential"):
+            raise ValueError(f"image_order: expected 'random' or 'sequential', got {self.image_order!r}")
+        if self.max_images is not None and int(self.max_images) < 1:
+            raise ValueError(f"max_images: expected >= 1 or None, got {self.max_images}")
+        if self.step_budget is not None and int(self.step_budget) < 1:
+            raise ValueError(f"step_budget: expected >= 1 or None, got {self.step_budget}")
+        if not self.guidance_cost >= 0:
+            raise ValueError(f"guidance_cost: expected >= 0, got {self.guidance_cost}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EnvConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown env arguments {unknown}; accepted: {sorted(known)}")
+        return cls(**kwargs)
+
+
+@lru_cache(maxsize=4)
+def _cached_model(model: str, device: str, dtype: str) -> LDMSR:
+    # Many envs in one process (a DummyVecEnv, N single envs in a test) share one frozen model.
+    return load_ldmsr(model, device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=4)
+def _cached_reward_model(config: RewardConfig, device: str) -> RewardModel:
+    return RewardModel(config, device=device)
+
+
+@lru_cache(maxsize=8)
+def _cached_dataset(config: DataConfig, device: str) -> PairDataset:
+    return PairDataset(config, device=device)
+
+
+@dataclass(frozen=True)
+class EnvParams:
+    """What stays fixed while the env runs (resolved from an ``EnvConfig``)."""
+
+    config: EnvConfig
+    model: LDMSR
+    schedule: sampler.Schedule
+    dataset: PairDataset
+    reward_model: RewardModel
+    actions: ActionConfig
+    step_budget: int
+    image_pool: np.ndarray  # dataset indices episodes draw from
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def lr_shape(self) -> tuple[int, int, int]:
+        side = self.config.hr_size // self.model.scale_factor
+        return (3, side, side)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.model.latent_channels, *self.lr_shape[1:])
+
+
+def build_params(config: EnvConfig) -> EnvParams:
+    """Load (or reuse) the model, dataset and reward networks an ``EnvConfig`` names."""
+    device = str(torch.device(config.device))
+    model = config.model if isinstance(config.model, LDMSR) else _cached_model(str(config.model), device, config.dtype)
+    scale = model.scale_factor
+    if config.crop == "full":
+        raise ValueError("crop: 'full' gives images of different sizes; the env needs one size: use 'center' or 'random'")
+    if isinstance(config.data, PairDataset):
+        dataset = config.data
+        if dataset.config.scale != scale or dataset.config.hr_size != config.hr_size:
+            raise ValueError(
+                f"data: the dataset makes x{dataset.config.scale} pairs of {dataset.config.hr_size} px, "
+                f"the env needs x{scale} (the model's scale) of hr_size={config.hr_size}"
+            )
+    else:
+        data_config = DataConfig(source=config.data, split=config.split, categories=config.categories,
+                                 hr_size=config.hr_size, scale=scale, crop=config.crop)
+        dataset = _cached_dataset(data_config, device)
+    schedule = sampler.Schedule.from_model(model, int(config.num_inference_steps))
+    budget = len(schedule) if config.step_budget is None else int(config.step_budget)
+    pool = np.arange(len(dataset))
+    if config.max_images is not None and config.max_images < len(dataset):
+        pool = np.unique(np.linspace(0, len(dataset) - 1, int(config.max_images)).round().astype(np.int64))
+    return EnvParams(config=config, model=model, schedule=schedule, dataset=dataset,
+                     reward_model=_cached_reward_model(config.reward, device), actions=config.actions,
+                     step_budget=budget, image_pool=pool)
+
+
+def observation_space(params: EnvParams) -> spaces.Dict:
+    """One env's observation: flat Boxes, as SB3's MultiInputPolicy and env checker want them.
+
+    lr: the LR image, uint8, CHW flattened (3 * h * w,). latent: z_t, float32, CHW flattened.
+    progress: PROGRESS_FEATURES in [0, 1]. (SB3 treats any 3-D Box as an image and wants uint8
+    of at least 36x36; our LR images are 16x16 on CPU, so images travel flat and the shipped
+    feature extractor reshapes them.)
+    """
+    return spaces.Dict({
+        "lr": spaces.Box(0, 255, (int(np.prod(params.lr_shape)),), np.uint8),
+        "latent": spaces.Box(-LATENT_BOUND, LATENT_BOUND, (int(np.prod(params.latent_shape)),), np.float32),
+        "progress": spaces.Box(0.0, 1.0, (len(PROGRESS_FEATURES),), np.float32),
+    })
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """Batched per-image state (batch first, on the model's device unless noted)."""
+
+    sampler: sampler.SamplerState
+    hr: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    labels: torch.Tensor  # (B,) class index (CPU)
+    image_index: torch.Tensor  # (B,) index into the dataset (CPU)
+    steps: torch.Tensor  # (B,) env steps taken this episode
+    last_action: torch.Tensor  # (B, 4) last parameters, normalized to [0, 1]
+    baseline: dict[str, torch.Tensor]  # bicubic metrics of each image (RewardModel.baseline)
+    potential: torch.Tensor  # (B,) shaping potential of the current state
+    episode_seconds: np.ndarray  # (B,) float64 this image's share of the episode's wall time (host)
+    data_generators: tuple[torch.Generator, ...]  # per-image CPU generators: image choice and crop
+    episode_count: np.ndarray  # (B,) episodes started by each env (host; sequential order)
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+
+def _scatter(full: Any, rows: torch.Tensor, part: Any) -> Any:
+    """``full`` with ``full[rows] = part`` for tensors, arrays, dicts and tuples (non-destructive)."""
+    if isinstance(full, torch.Tensor):
+        out = full.clone()
+        out[rows.to(full.device)] = part.to(full.device, full.dtype)
+        return out
+    if isinstance(full, np.ndarray):
+        out = full.copy()
+        out[rows.cpu().numpy()] = part
+        return out
+    if isinstance(full, dict):
+        return {k: _scatter(full[k], rows, part[k]) for k in full}
+    if isinstance(full, tuple):
+        out = list(full)
+        for r, p in zip(rows.tolist(), part, strict=True):
+            out[r] = p
+        return tuple(out)
+    raise TypeError(f"cannot scatter {type(full)}")
+
+
+def _scatter_state(full: Any, rows: torch.Tensor, part: Any) -> Any:
+    """Field-wise ``_scatter`` over (nested) state dataclasses."""
+    if hasattr(full, "__dataclass_fields__"):
+        return replace(full, **{f.name: _scatter_state(getattr(full, f.name), rows, getattr(part, f.name))
+                                for f in fields(full)})
+    return _scatter(full, rows, part)
+
+
+def make_seeded_generators(np_random: np.random.Generator, device: torch.device):
+    """(data generator on CPU, noise generator on device) from one env's numpy RNG."""
+    data_seed, noise_seed = (int(s) for s in np_random.integers(0, 2**62, size=2))
+    return (torch.Generator().manual_seed(data_seed),
+            torch.Generator(device=device).manual_seed(noise_seed))
+
+
+def reset_rows(
+    params: EnvParams,
+    state: EnvState | None,
+    rows: Sequence[int],
+    *,
+    data_generators: Sequence[torch.Generator] | None = None,
+    noise_generators: Sequence[torch.Generator] | None = None,
+    episode_count: Sequence[int] | None = None,
+) -> EnvState:
+    """Start a new episode (new image, new z_T) in the given rows; the other rows are untouched.
+
+    With ``state=None`` every row is new and the generators must be given. Given generators
+    replace the rows' own (a reseed); otherwise the rows' generators continue.
+    """
+    rows_t = torch.as_tensor(list(rows), dtype=torch.long)
+    if state is not None:
+        data_generators = data_generators or tuple(state.data_generators[r] for r in rows)
+        noise_generators = noise_generators or tuple(state.sampler.generators[r] for r in rows)
+        counts = state.episode_count[rows_t.numpy()] if episode_count is None else np.asarray(episode_count)
+    else:
+        counts = np.zeros(len(rows), dtype=np.int64) if episode_count is None else np.asarray(episode_count)
+    pool = params.image_pool
+    if params.config.image_order == "sequential":
+        batch = state.batch_size if state is not None else len(rows)
+        indices = [int(pool[(r + c * batch) % len(pool)]) for r, c in zip(rows, counts, strict=True)]
+    else:
+        indices = [int(pool[int(torch.randint(len(pool), (1,), generator=g))]) for g in data_generators]
+    # One generator per new image: a reset's crop must not depend on which other envs reset at
+    # the same step (batched == sequential).
+    pairs = params.dataset.pairs(indices, generator=list(data_generators))
+    hr, lr = pairs.hr.to(params.device), pairs.lr.to(params.device)
+    sampler_state = sampler.init_state(params.model, params.schedule, lr, tuple(noise_generators))
+    n = len(rows)
+    new = EnvState(
+        sampler=sampler_state, hr=hr,
+        labels=pairs.labels, image_index=pairs.indices,
+        steps=torch.zeros(n, dtype=torch.long, device=params.device),
+        last_action=torch.zeros(n, len(PARAMETERS), device=params.device),
+        baseline=params.reward_model.baseline(hr, lr),
+        potential=torch.zeros(n, device=params.device),
+        episode_seconds=np.zeros(n), data_generators=tuple(data_generators),
+        episode_count=counts + 1,
+    )
+    if state is None:
+        return new
+    return _scatter_state(state, rows_t, new)
+
+
+def compute_used(params: EnvParams, state: EnvState) -> torch.Tensor:
+    """(B,) compute spent, in UNet-call units: UNet calls + guidance_cost * guided steps."""
+    return state.sampler.nfe.float() + params.config.guidance_cost * state.sampler.guidance_evals.float()
+
+
+def observe(params: EnvParams, state: EnvState) -> dict[str, np.ndarray]:
+    """The batch's observations as host arrays (the one host copy per step)."""
+    s = state.sampler
+    K = len(params.schedule)
+    t = s.timestep(params.schedule).clamp(min=0).float() / params.model.num_train_timesteps
+    progress = torch.cat([
+        torch.stack([t, s.step_index.float() / K, s.nfe.float() / K, s.guidance_evals.float() / K], dim=1),
+        state.last_action,
+    ], dim=1).clamp(0.0, 1.0)
+    lr_uint8 = (s.lr * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return {
+        "lr": lr_uint8.flatten(1).cpu().numpy(),
+        "latent": s.latents.float().flatten(1).clamp(-LATENT_BOUND, LATENT_BOUND).cpu().numpy(),
+        "progress": progress.float().cpu().numpy(),
+    }
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One batched step: the new state and, for the rows that finished, their metrics."""
+
+    state: EnvState
+    reward: np.ndarray  # (B,) float32
+    terminated: np.ndarray  # (B,) bool: reached t = 0
+    truncated: np.ndarray  # (B,) bool: step budget spent before t = 0
+    action_clipped: np.ndarray  # (B,) int: action coordinates clipped to [-1, 1]
+    final_metrics: dict[str, np.ndarray]  # raw metrics of finished rows, NaN elsewhere
+    final_rows: torch.Tensor | None = None  # (F,) rows that finished this step (device)
+    final_images: torch.Tensor | None = None  # (F, 3, H, W) their images in [0, 1] (device)
+    final_hr: torch.Tensor | None = None  # (F, 3, H, W) their ground truth
+    final_lr: torch.Tensor | None = None  # (F, 3, h, w) their LR inputs
+    final_reward: RewardOutput | None = None  # their RewardModel.final output (device tensors)
+
+
+def final_latents(state: EnvState, terminated: torch.Tensor) -> torch.Tensor:
+    """What an episode's image is: z_0 where the schedule ended, else the last x0 prediction."""
+    s = state.sampler
+    return torch.where(terminated.view(-1, 1, 1, 1), s.latents, s.pred_original)
+
+
+def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Tensor) -> StepResult:
+    """One reverse step for every row; pays the reward of the rows that finish."""
+    start = time.perf_counter()
+    decoded = decode_action(action, params.actions, device=params.device)
+    if decoded.clipped.shape[0] != state.batch_size:
+        raise ValueError(f"action: expected {state.batch_size} rows, got {decoded.clipped.shape[0]}")
+    out = sampler.step(params.model, params.schedule, state.sampler, decoded.params)
+    new = replace(state, sampler=out.state, steps=state.steps + 1, last_action=decoded.normalized)
+    terminated = out.state.done(params.schedule)
+    truncated = ~terminated & (new.steps >= params.step_budget)
+    finished = terminated | truncated
+    reward = torch.zeros(state.batch_size, device=params.device)
+
+    reward_model, config = params.reward_model, params.config
+    if reward_model.config.shaping_weight != 0:
+        # Dense potential-based shaping: Phi of the decoded x0 prediction (one decode per step).
+        next_potential = reward_model.potential(sampler.decode(params.model, out.state.pred_original), state.hr,
+                                                baseline=state.baseline)
+        reward = reward + reward_model.shaping(state.potential, next_potential, gamma=config.gamma,
+                                               terminated=finished)
+        new = replace(new, potential=next_potential)
+
+    finished_host = finished.cpu().numpy()  # the step's one host sync
+    final_metrics: dict[str, np.ndarray] = {}
+    rows = images = paid = None
+    if finished_host.any():
+        rows = torch.as_tensor(np.flatnonzero(finished_host), device=params.device)
+        images = sampler.decode(params.model, final_latents(new, terminated)[rows])
+        paid = reward_model.final(
+            images, state.hr[rows], state.sampler.lr[rows], nfe=compute_used(params, new)[rows],
+            reference_nfe=len(params.schedule), baseline={k: v[rows] for k, v in state.baseline.items()},
+        )
+        reward = reward.index_add(0, rows, paid.reward.to(reward.dtype))
+        for key, value in paid.metrics.items():
+            column = np.full(state.batch_size, np.nan, dtype=np.float64)
+            column[finished_host] = value.detach().double().cpu().numpy()
+            final_metrics[key] = column
+        unet_calls = np.full(state.batch_size, np.nan)
+        unet_calls[finished_host] = new.sampler.nfe[rows].cpu().numpy()
+        final_metrics["unet_calls"] = unet_calls
+        final_metrics["guidance_evals"] = np.where(finished_host, new.sampler.guidance_evals.cpu().numpy(), np.nan)
+        # Which image each finished row was (CPU tensors: no sync), for per-image evaluation.
+        final_metrics["image_index"] = np.where(finished_host, state.image_index.numpy(), -1).astype(np.float64)
+        final_metrics["label"] = np.where(finished_host, state.labels.numpy(), -1).astype(np.float64)
+    # Each row is charged its share of the step's wall time (the batch shares one UNet call), so
+    # "seconds" is wall time per image, comparable across batch sizes.
+    seconds = new.episode_seconds + (time.perf_counter() - start) / state.batch_size
+    new = replace(new, episode_seconds=seconds)
+    if finished_host.any():
+        final_metrics["seconds"] = np.where(finished_host, seconds, np.nan)
+    return StepResult(state=new, reward=reward.float().cpu().numpy(), terminated=terminated.cpu().numpy(),
+                      truncated=truncated.cpu().numpy(), action_clipped=decoded.clipped.cpu().numpy(),
+                      final_metrics=final_metrics, final_rows=rows, final_images=images,
+                      final_hr=None if rows is None else state.hr[rows],
+                      final_lr=None if rows is None else state.sampler.lr[rows], final_reward=paid)
+
+
+def render_frame(params: EnvParams, state: EnvState, row: int = 0) -> np.ndarray:
+    """(H, 3W, 3) uint8: LR upsampled (bicubic) | decoded x0 prediction | HR."""
+    s = state.sampler
+    hr = state.hr[row:row + 1]
+    lr_up = F.interpolate(s.lr[row:row + 1].float(), size=hr.shape[-2:], mode="bicubic", align_corners=False)
+    x0 = sampler.decode(params.model, s.pred_original[row:row + 1]).float()
+    frame = torch.cat([lr_up.clamp(0, 1), x0, hr.float()], dim=3)[0]
+    return (frame.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+class LDMSuperResolutionEnv(gym.Env):
+    """Super-resolve one LR image by steering an LDM-SR model's reverse diffusion, step by step.
+
+    An episode starts from z_T ~ N(0, I) next to a new LR image of the split. Each step runs one
+    DDIM step with the parameters the action chooses; the episode ends when the schedule reaches
+    t = 0, and the finished image is scored against its HR ground truth.
+
+    ## Action Space
+
+    ``Box(-1, 1, (k,), float32)``, one coordinate per active parameter of ``ActionConfig``
+    (default all four, in this order), each mapped linearly onto its range:
+
+    | Num | Parameter   | Range (default) | Effect                                                  |
+    |-----|-------------|-----------------|---------------------------------------------------------|
+    | 0   | stride      | 1 .. 4          | schedule entries to advance (k skips k - 1 UNet calls)  |
+    | 1   | eta         | 0 .. 1          | DDIM stochasticity                                      |
+    | 2   | noise_scale | 0 .. 2          | multiplier of the fresh noise                           |
+    | 3   | guidance    | 0 .. 1          | LR-consistency guidance (fraction of LR error removed)  |
+
+    NaN or inf raise ValueError; finite values outside [-1, 1] are clipped, and
+    ``info["action_clipped"]`` counts the clipped coordinates.
+
+    ## Observation Space
+
+    ``Dict`` of flat Boxes (flat so SB3's checker and MultiInputPolicy accept 16x16 images;
+    ``orl_gym.agents.LDMSRFeatureExtractor`` reshapes them):
+
+    | Key      | Space                                   | Content                                 |
+    |----------|-----------------------------------------|-----------------------------------------|
+    | lr       | Box(0, 255, (3*h*w,), uint8)            | the LR image, CHW                       |
+    | latent   | Box(-1e4, 1e4, (c*h*w,), float32)       | the current latent z_t, CHW (clipped)   |
+    | progress | Box(0, 1, (8,), float32)                | t/T, schedule position, UNet calls / K, guidance evals / K, last stride, eta, noise scale, guidance (each normalized) |
+
+    ## Rewards
+
+    0 on intermediate steps (plus potential-based shaping if ``reward.shaping_weight`` > 0).
+    When the image finishes: ``RewardModel.final`` (``orl_gym.rewards``): PSNR 0.4, SSIM 0.3,
+    LPIPS 0.2 as gains over bicubic upsampling, efficiency 0.1 as the share of the default
+    schedule's K UNet calls saved (guided steps cost ``guidance_cost`` more). ``info`` then holds
+    every raw metric (psnr, ssim, lpips, lr_consistency, nfe, unet_calls, seconds, bicubic_*, ...).
+
+    ## Episode End
+
+    Terminated when the schedule reaches t = 0 (at most K steps, fewer with strides > 1).
+    Truncated when ``step_budget`` steps are spent first; the image is then the decoded
+    last x0 prediction, and it is scored the same way.
+
+    ## Arguments
+
+    ``gym.make("orl_gym/LDMSR-v0", **kwargs)`` with the fields of ``EnvConfig`` (model, data,
+    split, categories, hr_size, crop, image_order, num_inference_steps, step_budget,
+    guidance_cost, actions, reward, device, dtype, gamma) and ``render_mode="rgb_array"``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.config = EnvConfig.from_kwargs(**kwargs)
+        self.params = build_params(self.config)
+        self.observation_space = observation_space(self.params)
+        self.action_space = spaces.Box(-1.0, 1.0, (self.params.actions.size,), np.float32)
+        self.state: EnvState | None = None
+        self.last_step: StepResult | None = None  # device tensors of the last step, for wrappers
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or self.state is None:
+            data_gen, noise_gen = make_seeded_generators(self.np_random, self.params.device)
+            self.state = reset_rows(self.params, None, [0], data_generators=[data_gen], noise_generators=[noise_gen])
+        else:
+            self.state = reset_rows(self.params, self.state, [0])
+        return {k: v[0] for k, v in observe(self.params, self.state).items()}, self._reset_info()
+
+    def _reset_info(self) -> dict[str, Any]:
+        s = self.state
+        return {"image_index": int(s.image_index[0]), "label": int(s.labels[0]),
+                "category": self.params.dataset.classes[int(s.labels[0])]}
+
+    def step(self, action):
+        if self.state is None:
+            raise RuntimeError("step() before reset(): call env.reset() first")
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action: expected shape {self.action_space.shape}, got {action.shape}")
+        result = step_batch(self.params, self.state, action[None])
+        self.state, self.last_step = result.state, result
+        obs = {k: v[0] for k, v in observe(self.params, self.state).items()}
+        info: dict[str, Any] = {"action_clipped": int(result.action_clipped[0]),
+                                "unet_calls": int(self.state.sampler.nfe[0]),
+                                "timestep": int(self.state.sampler.timestep(self.params.schedule)[0])}
+        info.update({k: float(v[0]) for k, v in result.final_metrics.items()})
+        return (obs, float(result.reward[0]), bool(result.terminated[0]), bool(result.truncated[0]), info)
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self.state is None:
+            return None
+        return render_frame(self.params, self.state)

@@ -1,0 +1,67 @@
+"""Atomic writes of results and checkpoints, and the machine description every result carries.
+
+Every file the project writes goes through a temporary file in the same folder and
+``os.replace``: an interrupted run leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = ["atomic_open", "atomic_save", "atomic_write_text", "machine_description"]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync and move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def machine_description(device: str | torch.device = "cpu") -> str:
+    """One line naming the machine a measurement ran on (CPU model and cores, GPU, versions)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    parts = [f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"]
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name(device)}")
+    parts.append(f"Python {platform.python_version()}, torch {torch.__version__}")
+    if hasattr(os, "getloadavg"):
+        parts.append(f"load average {os.getloadavg()[0]:.2f}")
+    parts.append(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    return "; ".join(parts)

@@ -1,0 +1,192 @@
+"""orl_gym/LDMSR-v0: checkers, seeding, batched == sequential, bad actions, SB3 PPO."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import orl_gym
+from orl_gym.actions import encode_params
+from orl_gym.agents import LDMSRFeatureExtractor
+from orl_gym.models import bundled_model_path
+
+NO_LPIPS = {"lpips_net": None, "lpips_weight": 0.0}
+
+
+@pytest.fixture(scope="module")
+def env_kwargs(tiny_model, image_folder):
+    # 32 px HR (8 px LR) keeps a tiny model's episode at milliseconds per step.
+    return dict(model=tiny_model, data=str(image_folder), hr_size=32, num_inference_steps=6,
+                reward=NO_LPIPS)
+
+
+def _rollout(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    trace = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        trace.append((obs, reward, terminated, truncated))
+        if terminated or truncated:
+            trace.append(env.reset()[0])
+    return trace
+
+
+def _assert_same(a, b):
+    """Equal to 1e-5 relative to the array's scale: convolution kernels chosen by batch shape
+    round differently in the last bits, and a random model's latents reach tens of units."""
+    if isinstance(a, dict):
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, tuple):
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    else:
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        scale = max(1.0, float(np.abs(a).max(initial=0.0)))
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0)
+
+
+def test_checkers_pass_without_warnings(env_kwargs):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make(orl_gym.ENV_ID, render_mode="rgb_array", **env_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (32, 96, 3) and frame.dtype == np.uint8
+
+
+def test_episode_ends_at_t0_with_every_metric_in_info(env_kwargs):
+    env = gym.make(orl_gym.ENV_ID, **env_kwargs)
+    env.reset(seed=1)
+    stride2 = encode_params(env.unwrapped.params.actions, stride=2)
+    rewards, steps = [], 0
+    while True:
+        _, reward, terminated, truncated, info = env.step(stride2)
+        rewards.append(reward)
+        steps += 1
+        if terminated or truncated:
+            break
+    assert terminated and not truncated and steps == 3  # 6 schedule entries, stride 2
+    assert rewards[:-1] == [0.0, 0.0] and rewards[-1] != 0.0
+    for key in ("psnr", "ssim", "lr_consistency", "nfe", "unet_calls", "seconds", "bicubic_psnr", "efficiency"):
+        assert np.isfinite(info[key]), key
+    assert info["unet_calls"] == 3 and info["efficiency"] == pytest.approx(0.5)
+    assert info["reward"] == pytest.approx(rewards[-1], abs=1e-6)
+
+
+def test_step_budget_truncates_and_still_scores(env_kwargs):
+    env = gym.make(orl_gym.ENV_ID, **{**env_kwargs, "step_budget": 2})
+    env.reset(seed=0)
+    plain = encode_params(env.unwrapped.params.actions)
+    env.step(plain)
+    _, reward, terminated, truncated, info = env.step(plain)
+    assert truncated and not terminated and np.isfinite(info["psnr"]) and reward != 0.0
+
+
+def test_same_seed_same_trajectory_different_seed_different(env_kwargs):
+    env = gym.make(orl_gym.ENV_ID, **env_kwargs)
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(14, 4)).astype(np.float32)
+    a, b = _rollout(env, 7, actions), _rollout(env, 7, actions)
+    for x, y in zip(a, b, strict=True):
+        _assert_same(x, y)
+    c = _rollout(env, 8, actions)
+    assert not np.allclose(a[0]["latent"], c[0]["latent"])
+
+
+def test_batched_env_equals_single_envs(env_kwargs):
+    n, steps = 3, 14
+    actions = np.random.default_rng(1).uniform(-1.2, 1.2, size=(steps, n, 4)).astype(np.float32)
+    venv = gym.make_vec(orl_gym.ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", **env_kwargs)
+    obs, _ = venv.reset(seed=100)
+    batched = [obs]
+    finished = 0
+    for t in range(steps):
+        obs, reward, terminated, truncated, info = venv.step(actions[t])
+        final = info.get("final_obs", np.full(n, None))
+        batched.append((obs, reward, terminated, truncated, final))
+        finished += int((terminated | truncated).sum())
+    assert finished >= n  # autoresets happened, at different steps for different rows
+
+    for i in range(n):
+        env = gym.make(orl_gym.ENV_ID, **env_kwargs)
+        obs, _ = env.reset(seed=100 + i)
+        _assert_same({k: v[i] for k, v in batched[0].items()}, obs)
+        for t in range(steps):
+            obs, reward, terminated, truncated, _ = env.step(actions[t, i])
+            b_obs, b_reward, b_term, b_trunc, b_final = batched[t + 1]
+            assert (terminated, truncated) == (bool(b_term[i]), bool(b_trunc[i]))
+            np.testing.assert_allclose(reward, b_reward[i], atol=1e-5)
+            if terminated or truncated:
+                _assert_same(obs, b_final[i])
+                obs, _ = env.reset()
+            _assert_same(obs, {k: v[i] for k, v in b_obs.items()})
+
+
+def test_bad_actions(env_kwargs):
+    env = gym.make(orl_gym.ENV_ID, **env_kwargs)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(np.array([0.0, np.nan, 0.0, 0.0], dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(np.array([np.inf, 0.0, 0.0, 0.0], dtype=np.float32))
+    with pytest.raises(ValueError, match="action"):
+        env.step(np.zeros(3, dtype=np.float32))
+    _, _, _, _, info = env.step(np.array([-5.0, 3.0, 0.0, -1.0], dtype=np.float32))
+    assert info["action_clipped"] == 2
+    assert info["unet_calls"] == 1  # -5 was clipped to -1: stride 1
+
+
+def test_ppo_with_shipped_extractor_learns_something(env_kwargs):
+    from stable_baselines3 import PPO
+
+    venv = orl_gym.make_sb3_env(num_envs=4, **env_kwargs)
+    model = PPO("MultiInputPolicy", venv, n_steps=32, batch_size=64, n_epochs=2, learning_rate=3e-3, seed=0,
+                policy_kwargs={"features_extractor_class": LDMSRFeatureExtractor}, device="cpu")
+    obs = venv.reset()
+    obs_t, _ = model.policy.obs_to_tensor(obs)
+    before = model.policy.get_distribution(obs_t).distribution.mean.detach().clone()
+    model.learn(total_timesteps=256)
+    after = model.policy.get_distribution(obs_t).distribution.mean.detach()
+    buffer = model.rollout_buffer
+    assert model.num_timesteps >= 256
+    for array in (buffer.rewards, buffer.values, buffer.advantages, buffer.returns, buffer.log_probs):
+        assert np.isfinite(array).all()
+    assert (buffer.rewards != 0).any()  # episodes finished and were paid
+    assert not torch.allclose(before, after)
+
+
+def test_sb3_vec_env_infos(env_kwargs):
+    venv = orl_gym.make_sb3_env(num_envs=2, **{**env_kwargs, "step_budget": 2})
+    venv.seed(3)
+    venv.reset()
+    plain = np.stack([encode_params(venv.unwrapped.vector_env.params.actions)] * 2)
+    venv.step(plain)
+    obs, rewards, dones, infos = venv.step(plain)
+    assert dones.all()
+    for info in infos:
+        assert info["TimeLimit.truncated"] is True
+        assert set(info["terminal_observation"]) == {"lr", "latent", "progress"}
+        assert np.isfinite(info["psnr"])
+    assert venv.get_attr("num_envs") == [2, 2]
+    assert venv.env_is_wrapped(gym.Wrapper) == [False, False]
+
+
+@pytest.mark.skipif(not bundled_model_path().is_dir(), reason="the bundled checkpoint is not trained yet (issue 6)")
+def test_make_with_no_arguments_uses_the_bundled_model(data_root, monkeypatch):
+    monkeypatch.setenv("ORL_GYM_DATA", str(data_root))
+    env = gym.make(orl_gym.ENV_ID)
+    obs, _ = env.reset(seed=0)
+    assert obs["lr"].shape == (3 * 16 * 16,)
+    venv = gym.make_vec(orl_gym.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point")
+    obs, _ = venv.reset(seed=0)
+    obs, *_ = venv.step(venv.action_space.sample())
+    assert obs["latent"].shape[0] == 4
