@@ -1,63 +1,305 @@
-"""The ``orl-gym`` command."""
+"""The ``orl-gym`` command: train, evaluate, demo, fetch-weights.
+
+    orl-gym train --algo ppo --env tiny-x4 [--timesteps N] [--n-envs N] [--device cuda] [--resume RUN]
+    orl-gym evaluate RUN_OR_MODEL [--split test] [--categories forest river ...]
+    orl-gym demo                      # train PPO briefly on the bundled model, then evaluate
+    orl-gym fetch-weights [--net alex]  # real LPIPS backbone weights, offline-friendly
+
+Every run folder holds its resolved config (``config.yaml``) and command line (``command.txt``)
+next to its checkpoints, TensorBoard logs, reward curve and evaluation.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-import torch
+import yaml
 
 __all__ = ["main"]
 
+DEFAULT_RUNS = Path("runs")
 
-def _demo(args: argparse.Namespace) -> int:
-    """Smoke demo of the batched sampler (the full train-and-evaluate demo replaces it)."""
-    from orl_gym import sampler
-    from orl_gym.models import LDMSRArchitecture, ModelLoadError, load_ldmsr
 
+def _fail(message: str) -> int:
+    print(f"orl-gym: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from orl_gym.configs import env_preset
+
+    kwargs = env_preset(args.env)
+    for key in ("model", "data", "device"):
+        value = getattr(args, key, None)
+        if value is not None:
+            kwargs[key] = value
+    if kwargs.get("device", "cpu") == "cpu":
+        kwargs["dtype"] = "float32"
+    return kwargs
+
+
+def _write_run_files(run_dir: Path, config: dict[str, Any]) -> None:
+    from orl_gym.io import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    command = " ".join(shlex.quote(a) for a in ["orl-gym", *sys.argv[1:]])
+    with (run_dir / "command.txt").open("a") as handle:  # appended: a resumed run adds its line
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {command}\n")
+
+
+def _validation_scorer(env_kwargs: dict[str, Any], *, max_images: int, num_envs: int):
+    from orl_gym.evaluation import SB3Policy, evaluate_method
+
+    def score(model) -> float:
+        result = evaluate_method("validation", SB3Policy(model), env_kwargs, split="validation",
+                                 num_envs=num_envs, max_images=max_images, progress=False)
+        return float(result.column("reward").mean())
+
+    return score
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train an agent; returns the run folder."""
+    from orl_gym import make_sb3_env
+    from orl_gym.agents import (
+        TrainingMonitor,
+        algorithm_class,
+        build_agent,
+        load_hyperparams,
+        wrap_for,
+    )
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints" / "latest.zip").is_file():
+            raise ValueError(f"--resume: {run_dir} has no config.yaml and checkpoints/latest.zip to resume from")
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if args.timesteps:
+            config["timesteps"] = args.timesteps
+    else:
+        hyperparams = load_hyperparams(args.algo, args.env)
+        env_kwargs = _env_kwargs(args)
+        timesteps = int(args.timesteps or float(hyperparams["n_timesteps"]))
+        n_envs = int(args.n_envs or hyperparams.get("n_envs", 8))
+        run_dir = Path(args.run_dir or DEFAULT_RUNS / f"{args.algo}-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ValueError(f"--run-dir: {run_dir} exists and is not empty; use --resume {run_dir} to continue")
+        config = {"algo": args.algo, "env": args.env, "env_kwargs": env_kwargs, "hyperparams": hyperparams,
+                  "seed": args.seed, "timesteps": timesteps, "n_envs": n_envs,
+                  "eval_freq": args.eval_freq, "eval_images": args.eval_images}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_files(run_dir, config)
+
+    env = wrap_for(config["hyperparams"], make_sb3_env(num_envs=config["n_envs"], **config["env_kwargs"]))
+    scorer = _validation_scorer(config["env_kwargs"], max_images=config["eval_images"], num_envs=config["n_envs"])
+    if args.resume:
+        model = algorithm_class(config["algo"]).load(run_dir / "checkpoints" / "latest.zip", env=env,
+                                                     tensorboard_log=str(run_dir / "tb"))
+    else:
+        model, _ = build_agent(config["algo"], env, config["hyperparams"], seed=config["seed"],
+                               device=args.agent_device, tensorboard_log=str(run_dir / "tb"))
+    monitor = TrainingMonitor(run_dir, evaluate=scorer, eval_freq=config["eval_freq"],
+                              checkpoint_freq=config["eval_freq"])
+    remaining = config["timesteps"] - model.num_timesteps
+    print(f"orl-gym: training {config['algo']} on {config['env']} for {remaining} more timesteps "
+          f"({config['n_envs']} envs in one batch); run folder {run_dir}", file=sys.stderr)
     try:
-        model = load_ldmsr(args.model, device=args.device)
-        label = args.model
-    except ModelLoadError as err:
-        if args.model != "bundled":
-            raise
-        print(f"note: {err}\n      running on a tiny random model instead", file=sys.stderr)
-        model, label = LDMSRArchitecture.tiny().build(seed=0, device=args.device), "tiny random model"
-    generator = torch.Generator().manual_seed(args.seed)
-    lr = torch.rand(args.batch, 3, args.lr_size, args.lr_size, generator=generator).to(args.device)
-    schedule = sampler.Schedule.from_model(model, args.steps)
-    # Each sample skips ahead by its own stride: sample i takes stride 1 + i % 4.
-    strides = 1 + torch.arange(args.batch, device=model.device) % 4
-    state = sampler.init_state(model, schedule, lr, sampler.make_generators(range(args.batch), args.device))
+        if remaining > 0:
+            model.learn(total_timesteps=remaining, callback=monitor, progress_bar=not args.no_progress,
+                        reset_num_timesteps=False, tb_log_name="run")
+        monitor.run_validation()
+    except KeyboardInterrupt:
+        print("\norl-gym: interrupted; saving the checkpoint (resume with --resume "
+              f"{run_dir})", file=sys.stderr)
+        monitor.save()
+        raise
+    monitor.save()
+    print(f"orl-gym: done at {model.num_timesteps} timesteps; best validation reward {monitor.best:.4f}",
+          file=sys.stderr)
+    return run_dir
+
+
+def evaluate(args: argparse.Namespace) -> Path:
+    """Evaluate a run (or a model zip) against bicubic, No RL and the best constant action."""
+    from orl_gym.actions import ActionConfig, encode_params
+    from orl_gym.agents import algorithm_class
+    from orl_gym.evaluation import (
+        DEFAULT_GRID,
+        SB3Policy,
+        constant_policy,
+        evaluate_method,
+        grid_search_constant_action,
+        write_report,
+    )
+    from orl_gym.io import atomic_write_text
+
+    target = Path(args.run_or_model)
+    if target.is_dir():
+        config_path = target / "config.yaml"
+        if not config_path.is_file():
+            raise ValueError(f"{target}: not a run folder (no config.yaml); pass a run folder or a model .zip")
+        config = yaml.safe_load(config_path.read_text())
+        algo, env_kwargs = config["algo"], config["env_kwargs"]
+        model_path = target / "checkpoints" / "best_model.zip"
+        if not model_path.is_file():
+            model_path = target / "checkpoints" / "latest.zip"
+        out_dir = Path(args.out or target / "evaluation")
+    elif target.is_file():
+        if not args.algo or not args.env:
+            raise ValueError("evaluating a model .zip needs --algo and --env (the preset it was trained on)")
+        algo, env_kwargs, model_path = args.algo, _env_kwargs(args), target
+        out_dir = Path(args.out or target.with_suffix("")) / "evaluation"
+    else:
+        raise ValueError(f"{target}: no such run folder or model file")
+    if not model_path.is_file():
+        raise ValueError(f"{model_path}: missing; train first (orl-gym train) or pass a model .zip")
+    for key in ("device",):
+        if getattr(args, key, None):
+            env_kwargs[key] = getattr(args, key)
+    model = algorithm_class(algo).load(model_path, device="cpu")
+    actions = ActionConfig(**env_kwargs.get("actions", {}))
+    common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
+                  seed=args.seed, keep_images=range(args.grid_images))
+    results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
+    grid_note = "grid search skipped (--no-grid)"
+    if not args.no_grid:
+        action, setting, _ = grid_search_constant_action(env_kwargs, actions, grid=DEFAULT_GRID, split="validation",
+                                                         num_envs=args.n_envs, max_images=args.grid_max_images,
+                                                         seed=args.seed)
+        results.append(evaluate_method("best constant", constant_policy(action), env_kwargs, **common))
+        grid_note = (f"best constant action {setting} from a grid of {len(DEFAULT_GRID['stride']) * len(DEFAULT_GRID['eta']) * len(DEFAULT_GRID['noise_scale']) * len(DEFAULT_GRID['guidance'])} "
+                     f"settings, chosen by mean reward on {args.grid_max_images} validation images")
+    results.append(evaluate_method("RL", SB3Policy(model), env_kwargs, **common))
+    header = "\n".join([
+        f"# Evaluation of {model_path} ({algo})",
+        "",
+        f"Split {args.split}, center crops of {env_kwargs.get('hr_size', 64)} px, "
+        f"{len(results[0].rows)} images{'' if args.max_images is None else f' (max {args.max_images}, spread over classes)'}; "
+        f"{grid_note}. Command: `{' '.join(shlex.quote(a) for a in ['orl-gym', *sys.argv[1:]])}`",
+    ])
+    paths = write_report(results, out_dir, rl_name="RL", baselines=("No RL", "best constant"),
+                         grid_images=args.grid_images, header=header)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({"model": str(model_path), "algo": algo,
+                                                               "env_kwargs": env_kwargs, **{k: v for k, v in vars(args).items() if k != "func"}}, sort_keys=False))
+    print(paths["table"].read_text())
+    for name, path in paths.items():
+        print(f"orl-gym: {name}: {path}", file=sys.stderr)
+    return out_dir
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Train PPO briefly on the bundled model (CPU preset), then evaluate per category."""
+    run_dir = Path(args.run_dir or DEFAULT_RUNS / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     start = time.perf_counter()
-    while not bool(state.done(schedule).all()):
-        state = sampler.step(model, schedule, state, sampler.StepParams(stride=strides, eta=0.5)).state
-    images = sampler.decode(model, state)
-    seconds = time.perf_counter() - start
-    print(f"model: {label}; {args.batch} images {tuple(images.shape[-2:])} from LR {args.lr_size}x{args.lr_size}")
-    print(f"UNet calls per image (strides 1..4 of a {args.steps}-step schedule): {state.nfe.tolist()}")
-    print(f"wall time {seconds:.2f} s on {model.device}")
+    train_args = argparse.Namespace(algo="ppo", env="tiny-x4", timesteps=args.timesteps, n_envs=64, seed=42,
+                                    run_dir=str(run_dir), resume=None, model=args.model, data=args.data,
+                                    device=args.device, agent_device="cpu", eval_freq=args.timesteps // 4,
+                                    eval_images=64, no_progress=args.no_progress)
+    train(train_args)
+    eval_args = argparse.Namespace(run_or_model=str(run_dir), split="test", categories=None, n_envs=64,
+                                   max_images=args.eval_images, seed=0, grid_images=4, no_grid=False,
+                                   grid_max_images=64, out=None, algo=None, env=None, device=None)
+    out_dir = evaluate(eval_args)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\norl-gym demo finished in {minutes:.1f} min.\n"
+          f"  table:        {out_dir / 'table.md'}\n"
+          f"  comparison:   {out_dir / 'comparison.png'}\n"
+          f"  reward curve: {run_dir / 'reward_curve.png'}\n"
+          f"  TensorBoard:  tensorboard --logdir {run_dir / 'tb'}")
     return 0
 
 
+def _train_command(args: argparse.Namespace) -> int:
+    train(args)
+    return 0
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    evaluate(args)
+    return 0
+
+
+def fetch_weights(args: argparse.Namespace) -> int:
+    from orl_gym.lpips_weights import fetch_weights_main
+
+    return fetch_weights_main(["--net", args.net])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orl-gym", description=__doc__)
+    from orl_gym.agents import ALGORITHMS
+    from orl_gym.configs import env_presets
+
+    parser = argparse.ArgumentParser(prog="orl-gym", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the main demo on the bundled model")
-    demo.add_argument("--model", default="bundled", help="checkpoint folder, hub id or 'bundled'")
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--batch", type=int, default=8)
-    demo.add_argument("--lr-size", type=int, default=16)
-    demo.add_argument("--steps", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+
+    def env_options(p: argparse.ArgumentParser, *, preset_default: str | None = "tiny-x4") -> None:
+        p.add_argument("--env", default=preset_default,
+                       help=f"env preset name or .yml path (presets: {', '.join(env_presets())})")
+        p.add_argument("--model", help="override the preset's model: a checkpoint folder, hub id or 'bundled'")
+        p.add_argument("--data", help="override the preset's data source (default: $ORL_GYM_DATA or the hub)")
+        p.add_argument("--device", help="override the preset's device (cpu, cuda)")
+
+    p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)")
+    p.add_argument("--algo", default="ppo", help=f"one of {', '.join(ALGORITHMS)}")
+    env_options(p)
+    p.add_argument("--timesteps", type=int, help="total timesteps (default: the YAML's n_timesteps)")
+    p.add_argument("--n-envs", type=int, help="images per batch (default: the YAML's n_envs)")
+    p.add_argument("--seed", type=int, default=42, help="the paper's seed by default")
+    p.add_argument("--run-dir", help="run folder (default: runs/<algo>-<env>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/latest.zip")
+    p.add_argument("--eval-freq", type=int, default=10_000, help="timesteps between validation evaluations")
+    p.add_argument("--eval-images", type=int, default=64, help="validation images per evaluation")
+    p.add_argument("--agent-device", default="cpu", help="device of the policy network (the env has --device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_command)
+
+    p = commands.add_parser("evaluate", help="per-category table: bicubic, No RL, best constant, RL")
+    p.add_argument("run_or_model", help="a run folder, or a model .zip with --algo and --env")
+    p.add_argument("--algo", help="algorithm of a model .zip")
+    env_options(p, preset_default=None)
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--categories", nargs="+", help="class names (RESISC45 or paper names); default all")
+    p.add_argument("--max-images", type=int, help="evaluate this many images, spread over classes (default all)")
+    p.add_argument("--n-envs", type=int, default=64, help="images per batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-grid", action="store_true", help="skip the best-constant-action grid search")
+    p.add_argument("--grid-max-images", type=int, default=64, help="validation images per grid setting")
+    p.add_argument("--grid-images", type=int, default=4, help="images in the comparison PNG")
+    p.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    p.set_defaults(func=_evaluate_command)
+
+    p = commands.add_parser("demo", help="the main job: train PPO briefly on the bundled model and evaluate")
+    p.add_argument("--timesteps", type=int, default=20_480)
+    p.add_argument("--eval-images", type=int, default=128)
+    p.add_argument("--model", help="checkpoint instead of the bundled model")
+    p.add_argument("--data")
+    p.add_argument("--device")
+    p.add_argument("--run-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=demo)
+
+    p = commands.add_parser("fetch-weights", help="download, convert and cache real LPIPS backbone weights")
+    p.add_argument("--net", default="alex", choices=("alex", "vgg"))
+    p.set_defaults(func=fetch_weights)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Bad input (unknown algorithm / preset / category, missing model or weights, no data):
+        # one line that says what exists or what to run, not a traceback.
+        return _fail(str(err))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,276 @@
+"""Per-category evaluation: bicubic, the default sampler ("No RL"), the best constant action, and a
+trained policy ("RL"), on the same images and the same noise, with paired confidence intervals.
+
+Every method runs in the batched env with ``image_order="sequential"`` and ``crop="center"`` on
+the chosen split, so each image of the split is super-resolved exactly once per method, from the
+same seed. Bicubic comes for free: the env scores it for every image (``bicubic_*``).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from orl_gym.actions import ActionConfig, encode_params
+from orl_gym.env import EnvConfig, build_params
+from orl_gym.io import atomic_open, atomic_write_text
+from orl_gym.vector import LDMSuperResolutionVectorEnv
+
+__all__ = [
+    "DEFAULT_GRID",
+    "MethodResult",
+    "SB3Policy",
+    "constant_policy",
+    "evaluate_method",
+    "grid_search_constant_action",
+    "paired_interval",
+    "write_report",
+]
+
+Policy = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]  # (obs, episode_start) -> actions
+
+METRICS = ("psnr", "ssim", "lpips", "unet_calls", "nfe", "seconds", "reward")
+BICUBIC = {"psnr": "bicubic_psnr", "ssim": "bicubic_ssim", "lpips": "bicubic_lpips"}
+
+# The constant-action grid: 3 x 3 x 2 x 2 = 36 settings of (stride, eta, noise scale, guidance).
+DEFAULT_GRID: dict[str, tuple[float, ...]] = {
+    "stride": (1, 2, 4), "eta": (0.0, 0.5, 1.0), "noise_scale": (0.8, 1.0), "guidance": (0.0, 0.3),
+}
+
+
+def constant_policy(action: np.ndarray) -> Policy:
+    """The same action for every image at every step."""
+    action = np.asarray(action, dtype=np.float32)
+    return lambda obs, episode_start: np.tile(action, (len(episode_start), 1))
+
+
+class SB3Policy:
+    """A trained SB3 model as a deterministic policy (keeps recurrent state for RecurrentPPO)."""
+
+    def __init__(self, model: Any, *, deterministic: bool = True) -> None:
+        self.model, self.deterministic, self.state = model, deterministic, None
+
+    def __call__(self, obs: dict[str, np.ndarray], episode_start: np.ndarray) -> np.ndarray:
+        obs = self._adapt(obs)
+        actions, self.state = self.model.predict(obs, state=self.state, episode_start=episode_start,
+                                                 deterministic=self.deterministic)
+        return actions
+
+    def _adapt(self, obs: dict[str, np.ndarray]) -> Any:
+        # Models trained through FlattenDictObservation (CrossQ) expect one flat Box.
+        env = self.model.get_env()
+        if env is not None and hasattr(env, "_flatten"):
+            return env._flatten(obs)
+        space = self.model.observation_space
+        if not hasattr(space, "spaces"):
+            from orl_gym.agents import FlattenDictObservation
+
+            return np.concatenate([FlattenDictObservation._scaled(k, obs[k]).reshape(len(obs[k]), -1)
+                                   for k in obs], axis=1)
+        return obs
+
+
+@dataclass
+class MethodResult:
+    """Per-image results of one method: ``rows[i]`` is image ``image_index[i]`` of the split."""
+
+    name: str
+    rows: list[dict[str, float]]
+    images: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # image_index -> sr/hr/lr
+
+    def column(self, key: str) -> np.ndarray:
+        return np.array([row[key] for row in self.rows], dtype=np.float64)
+
+
+def evaluate_method(
+    name: str,
+    policy: Policy,
+    env_kwargs: Mapping[str, Any],
+    *,
+    split: str = "test",
+    categories: Sequence[str] | None = None,
+    num_envs: int = 64,
+    max_images: int | None = None,
+    seed: int = 0,
+    keep_images: Iterable[int] = (),
+    progress: bool = True,
+) -> MethodResult:
+    """Run ``policy`` until every image of the split (or the first ``max_images``) finished once."""
+    kwargs = {**env_kwargs, "split": split, "crop": "center", "image_order": "sequential", "max_images": max_images}
+    if categories:
+        kwargs["categories"] = tuple(categories)
+    wanted = len(build_params(EnvConfig.from_kwargs(**kwargs)).image_pool)  # cached: no second load
+    env = LDMSuperResolutionVectorEnv(num_envs=min(num_envs, wanted), **kwargs)
+    pool_position = {int(index): i for i, index in enumerate(env.params.image_pool)}
+    keep = set(keep_images)
+    obs, _ = env.reset(seed=seed)
+    episode_start = np.ones(env.num_envs, dtype=bool)
+    results: dict[int, dict[str, float]] = {}
+    images: dict[int, dict[str, torch.Tensor]] = {}
+    bar = tqdm(total=wanted, desc=name, unit="img", disable=not progress, leave=False)
+    while len(results) < wanted:
+        obs, _, terminated, truncated, info = env.step(policy(obs, episode_start))
+        episode_start = terminated | truncated
+        if not episode_start.any():
+            continue
+        final, last = info["final_info"], env.last_step
+        rows_host = last.final_rows.cpu().numpy()
+        for position, row in enumerate(rows_host):
+            index = int(final["image_index"][row])
+            if index in results or index not in pool_position:
+                continue  # the sequential order wrapped around: already scored
+            results[index] = {key: float(value[row]) for key, value in final.items() if not key.startswith("_")}
+            results[index]["category"] = env.params.dataset.classes[int(final["label"][row])]
+            results[index]["name"] = env.params.dataset.names[index]
+            if index in keep:
+                images[index] = {"sr": last.final_images[position].cpu(), "hr": last.final_hr[position].cpu(),
+                                 "lr": last.final_lr[position].cpu()}
+            bar.update(1)
+    bar.close()
+    rows = [{"image_index": i, **results[i]} for i in sorted(results)]
+    return MethodResult(name=name, rows=rows, images=images)
+
+
+def grid_search_constant_action(
+    env_kwargs: Mapping[str, Any],
+    actions: ActionConfig,
+    *,
+    grid: Mapping[str, Sequence[float]] = DEFAULT_GRID,
+    split: str = "validation",
+    num_envs: int = 64,
+    max_images: int | None = 64,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
+    """The constant action with the highest mean reward on ``split``: (action, its parameters, table)."""
+    names = [p for p in actions.parameters if p in grid]
+    table = []
+    for values in tqdm(list(itertools.product(*(grid[n] for n in names))), desc="grid search", unit="setting"):
+        setting = dict(zip(names, values, strict=True))
+        result = evaluate_method("constant", constant_policy(encode_params(actions, **setting)), env_kwargs,
+                                 split=split, num_envs=num_envs, max_images=max_images, seed=seed, progress=False)
+        table.append({**setting, "reward": float(result.column("reward").mean()),
+                      "psnr": float(result.column("psnr").mean()), "unet_calls": float(result.column("unet_calls").mean())})
+    best = max(table, key=lambda row: row["reward"])
+    setting = {n: best[n] for n in names}
+    return encode_params(actions, **setting), setting, table
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the paired differences a - b and its two-sided t confidence interval."""
+    from scipy import stats
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean = float(diff.mean())
+    if len(diff) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff)))
+    return mean, mean - half, mean + half
+
+
+def _bicubic_result(reference: MethodResult) -> MethodResult:
+    rows = [{**row, **{m: row[b] for m, b in BICUBIC.items() if b in row}, "unet_calls": 0.0, "nfe": 0.0,
+             "seconds": math.nan, "reward": 0.0} for row in reference.rows]
+    return MethodResult(name="bicubic", rows=rows)
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def write_report(
+    results: Sequence[MethodResult],
+    out_dir: str | Path,
+    *,
+    rl_name: str = "RL",
+    baselines: Sequence[str] = ("No RL", "best constant"),
+    grid_images: int = 4,
+    header: str = "",
+) -> dict[str, Path]:
+    """Markdown table per category, per-image CSV, paired intervals, comparison grid PNG."""
+    out_dir = Path(out_dir)
+    by_name = {r.name: r for r in results}
+    methods = [_bicubic_result(results[0]), *results]
+    metrics = [m for m in ("psnr", "ssim", "lpips") if all(m in row for row in results[0].rows)]
+    categories = sorted({row["category"] for row in results[0].rows})
+    lines = [header, "", "| Method | Category | n | " + " | ".join(m.upper() for m in metrics)
+             + " | UNet calls | s / image |", "|---" * (5 + len(metrics)) + "|"]
+    for method in methods:
+        for category in [*categories, "all"]:
+            rows = [r for r in method.rows if category in ("all", r["category"])]
+            cells = [_fmt(float(np.mean([r[m] for r in rows])), 4) for m in metrics]
+            lines.append(f"| {method.name} | {category} | {len(rows)} | " + " | ".join(cells)
+                         + f" | {_fmt(float(np.mean([r['unet_calls'] for r in rows])), 1)}"
+                         + f" | {_fmt(float(np.mean([r['seconds'] for r in rows])), 3)} |")
+    if rl_name in by_name:
+        lines += ["", f"Paired per-image differences, {rl_name} minus baseline, mean [95% t interval]:", "",
+                  "| Baseline | Category | n | " + " | ".join(f"d{m.upper()}" for m in [*metrics, "reward"]) + " |",
+                  "|---" * (4 + len(metrics)) + "|"]
+        rl = by_name[rl_name]
+        for base_name in baselines:
+            if base_name not in by_name:
+                continue
+            base = by_name[base_name]
+            for category in [*categories, "all"]:
+                pick = [i for i, r in enumerate(rl.rows) if category in ("all", r["category"])]
+                cells = []
+                for m in [*metrics, "reward"]:
+                    mean, low, high = paired_interval(rl.column(m)[pick], base.column(m)[pick])
+                    cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+                lines.append(f"| {base_name} | {category} | {len(pick)} | " + " | ".join(cells) + " |")
+    paths = {"table": out_dir / "table.md", "csv": out_dir / "per_image.csv"}
+    atomic_write_text(paths["table"], "\n".join(lines) + "\n")
+    keys = sorted({k for method in methods for row in method.rows for k in row})
+    with atomic_open(paths["csv"], "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["method", *keys])
+        writer.writeheader()
+        for method in methods:
+            for row in method.rows:
+                writer.writerow({"method": method.name, **row})
+    grid = comparison_grid(results, out_dir / "comparison.png", count=grid_images)
+    if grid is not None:
+        paths["grid"] = grid
+    return paths
+
+
+def comparison_grid(results: Sequence[MethodResult], path: Path, *, count: int = 4) -> Path | None:
+    """PNG rows of LR | bicubic | each method | HR for the first images every method kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    shared = sorted(set.intersection(*(set(r.images) for r in results)))[:count] if results else []
+    if not shared:
+        return None
+    columns = ["LR", "bicubic", *[r.name for r in results], "HR"]
+    fig, axes = plt.subplots(len(shared), len(columns), figsize=(2.2 * len(columns), 2.3 * len(shared)), squeeze=False)
+    for i, index in enumerate(shared):
+        first = results[0].images[index]
+        hr, lr = first["hr"], first["lr"]
+        bicubic = F.interpolate(lr[None], size=hr.shape[-2:], mode="bicubic", align_corners=False)[0].clamp(0, 1)
+        lr_big = F.interpolate(lr[None], size=hr.shape[-2:], mode="nearest")[0]
+        panels = [lr_big, bicubic, *[r.images[index]["sr"] for r in results], hr]
+        for j, (title, image) in enumerate(zip(columns, panels, strict=True)):
+            ax = axes[i, j]
+            ax.imshow(image.permute(1, 2, 0).float().clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+        axes[i, 0].set_ylabel(results[0].rows[[r["image_index"] for r in results[0].rows].index(index)]["category"],
+                              fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return path

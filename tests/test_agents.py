@@ -1,0 +1,42 @@
+"""Every algorithm of agents/ trains a few hundred steps on a tiny random model and evaluates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stable_baselines3.common.evaluation import evaluate_policy
+
+import orl_gym
+from orl_gym.agents import ALGORITHMS, build_agent, load_hyperparams, wrap_for
+
+
+@pytest.fixture(scope="module")
+def venv(tiny_model, image_folder):
+    return orl_gym.make_sb3_env(num_envs=4, model=tiny_model, data=str(image_folder), hr_size=32,
+                                num_inference_steps=4, reward={"lpips_net": None, "lpips_weight": 0.0})
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_each_algorithm_trains_and_evaluates(algo, venv, tmp_path):
+    params = load_hyperparams(algo, "tiny-x4")
+    # Sized down for a test: short rollouts, an early start for off-policy learners.
+    for key, value in {"n_steps": 8, "batch_size": 16, "learning_starts": 16, "gradient_steps": 1,
+                       "buffer_size": 1000, "n_epochs": 1}.items():
+        if key in params:
+            params[key] = value
+    model, timesteps = build_agent(algo, wrap_for(params, venv), params, seed=0, device="cpu", tensorboard_log=str(tmp_path))
+    assert timesteps == 50_000
+    model.learn(total_timesteps=128)
+    assert model.num_timesteps >= 128
+    logged = model.logger.name_to_value
+    losses = {k: v for k, v in logged.items() if "loss" in k}
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    model.save(tmp_path / "model.zip")
+    assert (tmp_path / "model.zip").is_file()
+    mean_reward, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=4, deterministic=True)
+    assert np.isfinite(mean_reward)
+
+
+def test_unknown_algorithm_lists_the_known_ones():
+    with pytest.raises(ValueError, match="ppo, a2c"):
+        load_hyperparams("dqn")
