@@ -359,6 +359,7 @@ def _save_atomically(state_dict: Mapping[str, torch.Tensor], target: Path) -> No
             torch.save(dict(state_dict), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a cache is readable like any download
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
