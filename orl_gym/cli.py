@@ -83,6 +83,11 @@ def train(args: argparse.Namespace) -> Path:
             config["timesteps"] = args.timesteps
     else:
         hyperparams = load_hyperparams(args.algo, args.env)
+        for item in args.params or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--params: expected KEY=VALUE, got {item!r}")
+            hyperparams[key] = yaml.safe_load(value)
         env_kwargs = _env_kwargs(args)
         timesteps = int(args.timesteps or float(hyperparams["n_timesteps"]))
         n_envs = int(args.n_envs or hyperparams.get("n_envs", 8))
@@ -105,7 +110,8 @@ def train(args: argparse.Namespace) -> Path:
                                device=args.agent_device, tensorboard_log=str(run_dir / "tb"))
     monitor = TrainingMonitor(run_dir, evaluate=scorer, eval_freq=config["eval_freq"],
                               checkpoint_freq=config["eval_freq"])
-    remaining = config["timesteps"] - model.num_timesteps
+    monitor.init_callback(model)  # learn() does it again; done here so a finished run can still validate
+    remaining = max(0, config["timesteps"] - model.num_timesteps)
     print(f"orl-gym: training {config['algo']} on {config['env']} for {remaining} more timesteps "
           f"({config['n_envs']} envs in one batch); run folder {run_dir}", file=sys.stderr)
     try:
@@ -236,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="orl-gym", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "
+                        "machine 1 avoids oversubscription, which can slow CPU work tenfold)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def env_options(p: argparse.ArgumentParser, *, preset_default: str | None = "tiny-x4") -> None:
@@ -250,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     env_options(p)
     p.add_argument("--timesteps", type=int, help="total timesteps (default: the YAML's n_timesteps)")
     p.add_argument("--n-envs", type=int, help="images per batch (default: the YAML's n_envs)")
+    p.add_argument("--params", nargs="+", metavar="KEY=VALUE",
+                   help="override hyperparameters of the YAML entry, e.g. n_steps=32 learning_rate=1e-4")
     p.add_argument("--seed", type=int, default=42, help="the paper's seed by default")
     p.add_argument("--run-dir", help="run folder (default: runs/<algo>-<env>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/latest.zip")
@@ -292,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

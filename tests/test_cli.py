@@ -1,0 +1,78 @@
+"""The orl-gym command: train (run folder, resume), evaluate, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from orl_gym.cli import main
+
+
+@pytest.fixture(scope="module")
+def preset(tiny_model, image_folder, tmp_path_factory):
+    """An env preset file for a tiny random model on the synthetic images (no LPIPS weights)."""
+    folder = tmp_path_factory.mktemp("preset")
+    tiny_model.save_pretrained(folder / "model")
+    path = folder / "tiny-test.yml"
+    path.write_text(yaml.safe_dump({
+        "model": str(folder / "model"), "data": str(image_folder), "hr_size": 32, "num_inference_steps": 4,
+        "reward": {"lpips_net": None, "lpips_weight": 0.0},
+    }))
+    return path
+
+
+def test_train_resume_and_evaluate(preset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--threads", "1", "train", "--env", str(preset), "--timesteps", "64", "--n-envs", "4",
+            "--params", "n_steps=16", "batch_size=32",
+            "--eval-freq", "32", "--eval-images", "4", "--run-dir", str(run), "--no-progress"]
+    assert main(args) == 0
+    for name in ("config.yaml", "command.txt", "reward_curve.png", "reward_curve.csv", "validation.csv",
+                 "checkpoints/latest.zip", "checkpoints/best_model.zip"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").rglob("events.out.tfevents.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["algo"] == "ppo" and config["hyperparams"]["gamma"] == 0.99 and config["seed"] == 42
+    assert config["hyperparams"]["n_steps"] == 16
+
+    assert main(["train", "--resume", str(run), "--timesteps", "128", "--no-progress"]) == 0
+    assert len((run / "command.txt").read_text().splitlines()) == 2
+    from stable_baselines3 import PPO
+
+    assert PPO.load(run / "checkpoints" / "latest.zip").num_timesteps >= 128
+
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--no-grid", "--n-envs", "4", "--grid-images", "2"]) == 0
+    table = (run / "evaluation" / "table.md").read_text()
+    assert "| RL | all |" in table and "| No RL | all |" in table and "| bicubic | all |" in table
+    assert (run / "evaluation" / "comparison.png").is_file() and (run / "evaluation" / "per_image.csv").is_file()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--algo", "dqn"], "algorithms: ppo, a2c"),
+    (["train", "--env", "no-such-preset"], "presets: resisc45-x4, tiny-x4"),
+    (["evaluate", "/no/such/run"], "no such run folder or model file"),
+])
+def test_bad_input_gives_one_line(args, expected, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+
+
+def test_unknown_category_lists_the_classes(preset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--env", str(preset), "--timesteps", "32", "--n-envs", "2", "--params", "n_steps=16",
+                 "batch_size=32", "--eval-freq", "32",
+                 "--eval-images", "2", "--run-dir", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--no-grid", "--categories", "volcano"]) == 2
+    err = capsys.readouterr().err
+    assert "volcano" in err and "fields" in err and "roads" in err
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump({"model": str(tmp_path / "missing-model"), "reward": {"lpips_net": None,
+                                                                                       "lpips_weight": 0.0}}))
+    assert main(["train", "--env", str(bad), "--timesteps", "8", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no such folder" in capsys.readouterr().err
