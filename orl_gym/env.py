@@ -73,7 +73,8 @@ class EnvConfig:
             advances). Not ``max_episode_steps``: gym.make takes that one for its TimeLimit
             wrapper, which would cut episodes off without scoring the image.
         guidance_cost: compute of one guided step's decoder forward + backward, in UNet calls
-            (what the efficiency term charges for guidance).
+            (what the efficiency term charges for guidance); None: counted from the model's FLOPs
+            (``sampler.guidance_cost_in_unet_calls``, about 8 for the bundled architecture).
         actions, reward: ``ActionConfig`` / ``RewardConfig`` or dicts of their fields.
         device, dtype: where the model runs and in what precision.
     """
@@ -88,7 +89,7 @@ class EnvConfig:
     max_images: int | None = None
     num_inference_steps: int = 20
     step_budget: int | None = None
-    guidance_cost: float = 1.0
+    guidance_cost: float | None = None
     actions: ActionConfig | Mapping = field(default_factory=ActionConfig)
     reward: RewardConfig | Mapping = field(default_factory=RewardConfig)
     device: str = "cpu"
@@ -109,8 +110,8 @@ class EnvConfig:
             raise ValueError(f"max_images: expected >= 1 or None, got {self.max_images}")
         if self.step_budget is not None and int(self.step_budget) < 1:
             raise ValueError(f"step_budget: expected >= 1 or None, got {self.step_budget}")
-        if not self.guidance_cost >= 0:
-            raise ValueError(f"guidance_cost: expected >= 0, got {self.guidance_cost}")
+        if self.guidance_cost is not None and not self.guidance_cost >= 0:
+            raise ValueError(f"guidance_cost: expected >= 0 or None, got {self.guidance_cost}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EnvConfig:
@@ -133,6 +134,11 @@ def _cached_reward_model(config: RewardConfig, device: str) -> RewardModel:
 
 
 @lru_cache(maxsize=8)
+def _cached_guidance_cost(model: LDMSR, latent_side: int) -> float:
+    return sampler.guidance_cost_in_unet_calls(model, (latent_side, latent_side))
+
+
+@lru_cache(maxsize=8)
 def _cached_dataset(config: DataConfig, device: str) -> PairDataset:
     return PairDataset(config, device=device)
 
@@ -149,6 +155,7 @@ class EnvParams:
     actions: ActionConfig
     step_budget: int
     image_pool: np.ndarray  # dataset indices episodes draw from
+    guidance_cost: float  # UNet calls charged per guided step
 
     @property
     def device(self) -> torch.device:
@@ -187,9 +194,13 @@ def build_params(config: EnvConfig) -> EnvParams:
     pool = np.arange(len(dataset))
     if config.max_images is not None and config.max_images < len(dataset):
         pool = np.unique(np.linspace(0, len(dataset) - 1, int(config.max_images)).round().astype(np.int64))
+    guidance_cost = config.guidance_cost
+    if guidance_cost is None:
+        side = config.hr_size // scale
+        guidance_cost = _cached_guidance_cost(model, side) if "guidance" in config.actions.parameters else 0.0
     return EnvParams(config=config, model=model, schedule=schedule, dataset=dataset,
                      reward_model=_cached_reward_model(config.reward, device), actions=config.actions,
-                     step_budget=budget, image_pool=pool)
+                     step_budget=budget, image_pool=pool, guidance_cost=float(guidance_cost))
 
 
 def observation_space(params: EnvParams) -> spaces.Dict:
@@ -313,7 +324,7 @@ def reset_rows(
 
 def compute_used(params: EnvParams, state: EnvState) -> torch.Tensor:
     """(B,) compute spent, in UNet-call units: UNet calls + guidance_cost * guided steps."""
-    return state.sampler.nfe.float() + params.config.guidance_cost * state.sampler.guidance_evals.float()
+    return state.sampler.nfe.float() + params.guidance_cost * state.sampler.guidance_evals.float()
 
 
 def observe(params: EnvParams, state: EnvState) -> dict[str, np.ndarray]:

@@ -74,7 +74,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return dtype
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics (hashable): caches key on the loaded model object
 class LDMSR:
     """A frozen LDM-SR model: VQ autoencoder, conditional UNet and DDIM scheduler, on one device."""
 

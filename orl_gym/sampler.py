@@ -39,6 +39,7 @@ __all__ = [
     "init_state",
     "step",
     "guide_x0",
+    "guidance_cost_in_unet_calls",
     "decode",
     "lr_consistency_error",
     "make_generators",
@@ -303,6 +304,28 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
     grad_sq = grad.pow(2).flatten(1).sum(dim=1).clamp_min(1e-12)
     step_size = (strength.float() * energy.detach() / grad_sq).view(-1, 1, 1, 1)
     return (x.detach() - step_size * grad).to(x0.dtype)
+
+
+@torch.no_grad()
+def guidance_cost_in_unet_calls(model: LDMSR, latent_size: tuple[int, int]) -> float:
+    """Compute of one guided step's decoder forward + backward, in UNet calls, by FLOP count.
+
+    The backward pass needs input gradients only (the weights are frozen), about the forward's
+    FLOPs again, so the cost is 2 x FLOPs(decode) / FLOPs(UNet) for one sample at this size.
+    Deterministic, unlike a timing. (Wall time on a CPU is higher still: the decoder works at
+    full output resolution and is memory-bound.)
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    height, width = latent_size
+    latents = torch.zeros(1, model.latent_channels, height, width, device=model.device, dtype=model.dtype)
+    unet_input = torch.zeros(1, model.latent_channels + 3, height, width, device=model.device, dtype=model.dtype)
+    with FlopCounterMode(display=False) as counter:
+        model.unet(unet_input, torch.zeros(1, dtype=torch.long, device=model.device))
+    unet_flops = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        model.vqvae.decode(latents)
+    return 2.0 * counter.get_total_flops() / max(unet_flops, 1)
 
 
 @torch.no_grad()

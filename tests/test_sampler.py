@@ -150,3 +150,9 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(tiny_model):
             sampler.step(tiny_model, schedule, state, params)
     with pytest.raises(ValueError, match="num_inference_steps"):
         Schedule.from_model(tiny_model, 0)
+
+
+def test_guidance_cost_counts_decoder_flops(tiny_model):
+    cost = sampler.guidance_cost_in_unet_calls(tiny_model, (LR_SIZE, LR_SIZE))
+    assert cost == sampler.guidance_cost_in_unet_calls(tiny_model, (LR_SIZE, LR_SIZE))  # deterministic
+    assert 1.0 < cost < 100.0  # a full-resolution decoder pass and its backward: several UNet calls

@@ -1,0 +1,116 @@
+"""experiments/train_ldm.py end to end on a tiny architecture: train, resume, export, load.
+
+Synthetic images in a class-folder dataset under tmp_path keep it fast and independent of
+ORL_GYM_DATA (the real data is for the real run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from orl_gym.models import load_ldmsr
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_train_module():
+    spec = importlib.util.spec_from_file_location("train_ldm", REPO / "experiments" / "train_ldm.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_ldm"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_ldm():
+    return _load_train_module()
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> Path:
+    """Two classes of smooth random 64x64 RGB images (enough for train and validation splits)."""
+    root = tmp_path_factory.mktemp("synth") / "synth"
+    gen = torch.Generator().manual_seed(0)
+    for cls in ("fields", "roads"):
+        (root / cls).mkdir(parents=True)
+        for i in range(30):
+            coarse = torch.rand(1, 3, 8, 8, generator=gen)
+            image = torch.nn.functional.interpolate(coarse, size=(64, 64), mode="bicubic").clamp(0, 1)
+            pixels = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / cls / f"{cls}{i:02d}.png")
+    return root
+
+
+def _args(out: Path, data: Path, vq_steps: int, unet_steps: int, *extra: str) -> list[str]:
+    return [
+        "--out", str(out), "--data", str(data), "--threads", "1", "--no-progress",
+        "--vq-channels", "8,16,16", "--codebook-size", "64", "--unet-channels", "16,16,32",
+        "--vq-steps", str(vq_steps), "--unet-steps", str(unet_steps), "--vq-batch-size", "4",
+        "--vq-crop", "16", "--unet-batch-size", "4", "--unet-crop", "32", "--val-crop", "32",
+        "--val-images", "2", "--val-every", "100", "--checkpoint-every", "100", "--vq-warmup", "1",
+        "--unet-warmup", "1", "--vq-restart-every", "2", *extra,
+    ]
+
+
+def test_train_resume_export_and_load(train_ldm, synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2)) == 0
+    vq = torch.load(out / "vq" / "checkpoint.pt", weights_only=False)
+    unet = torch.load(out / "unet" / "checkpoint.pt", weights_only=False)
+    assert vq["step"] == 3 and unet["step"] == 2 and unet["vq_step"] == 3
+    assert unet["ema"] is not None and vq["optimizer"]["state"]
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temp files behind
+    record = json.loads((out / "run_config.json").read_text())
+    assert record["config"]["vq_channels"] == [8, 16, 16] and "--vq-steps" in record["command"]
+    assert (out / "loss_vq.png").stat().st_size > 0 and (out / "loss_unet.png").stat().st_size > 0
+    assert any((out / "tb").iterdir())
+
+    model = load_ldmsr(out / "export")  # fp16 on disk, float32 in memory
+    assert model.dtype == torch.float32 and model.scale_factor == 4
+    stored = next((out / "export" / "unet").glob("*.safetensors"))
+    from safetensors.torch import load_file
+
+    assert next(iter(load_file(stored).values())).dtype == torch.float16
+
+    # Resume the UNet further: continues from step 2, keeps the optimizer state.
+    assert train_ldm.main(_args(out, synthetic_data, 3, 4, "--stages", "unet", "--no-export")) == 0
+    assert torch.load(out / "unet" / "checkpoint.pt", weights_only=False)["step"] == 4
+    # Resume the VQ further; the UNet then refuses to continue on latents that changed.
+    assert train_ldm.main(_args(out, synthetic_data, 5, 4, "--stages", "vq", "--no-export")) == 0
+    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["step"] == 5
+    with pytest.raises(RuntimeError, match="latents changed"):
+        train_ldm.main(_args(out, synthetic_data, 5, 6, "--stages", "unet"))
+    # A different architecture for an existing run is refused.
+    with pytest.raises(SystemExit, match="vq-channels"):
+        train_ldm.main([*_args(out, synthetic_data, 5, 6), "--vq-channels", "8,8,16"])
+
+
+def test_stop_file_checkpoints_and_exits(train_ldm, synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "STOP").touch()
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--stages", "vq", "--no-export")) == 0
+    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["step"] == 0
+
+
+def test_lr_schedule_warms_up_and_decays(train_ldm):
+    lr = [train_ldm.lr_at(s, peak=1.0, warmup=10, progress=s / 100, min_ratio=0.1)
+          for s in range(120)]
+    assert lr[0] == pytest.approx(0.1, rel=0.01) and lr[9] > 0.95 and max(lr) == lr[9]
+    assert lr[100] == pytest.approx(0.1) and lr[119] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
+
+
+def test_stage_clock_ends_at_steps_or_minutes(train_ldm):
+    clock = train_ldm.StageClock(max_steps=100, minutes=0.0)
+    assert clock.progress(50) == 0.5 and not clock.done(99) and clock.done(100)
+    clock = train_ldm.StageClock(max_steps=100, minutes=1.0, seconds_before=45.0)
+    assert 0.75 <= clock.progress(10) < 0.8 and not clock.done(10)
+    assert train_ldm.StageClock(max_steps=100, minutes=1.0, seconds_before=60.0).done(1)
