@@ -1,0 +1,276 @@
+"""Measure an LDM-SR checkpoint on the held-out test split and write the model card's table.
+
+On whole test images of every dataset under ``$ORL_GYM_DATA`` (``crop="full"`` of
+``orl_gym.data``), center-cropped so that the LR side is a multiple of the UNet's total
+downsampling (4 for three levels; diffusers' UNet2DModel cannot concatenate skip connections of
+odd sizes, in the pipeline as here): UC Merced 256x256 HR / 64x64 LR, AID 150x150 -> 144x144 /
+36x36 (LR re-made from the cropped HR with ``orl_gym.data.degrade``). It reports
+
+* VQ reconstruction: ``vqvae.decode(vqvae.encode(hr))`` (decode quantizes, as the pipeline does);
+* bicubic x4 (``F.interpolate`` bicubic of LR, clamped), the baseline;
+* the LDM through ``LDMSuperResolutionPipeline`` itself: its default sampler (DDIM, 100 steps,
+  eta 0) and DDIM 50 steps eta 1 (seeded; the pipeline draws eta noise from the global RNG);
+
+as PSNR (RGB, dB), SSIM (torchmetrics, Gaussian 11 / 1.5) and LPIPS (``orl_gym.rewards.LPIPS``,
+AlexNet with real ImageNet weights; reported as n/a when those are not available), plus seconds
+per 256x256 image of the default sampler (batch of one). The Markdown table replaces the part of
+the model card between ``<!-- eval:begin -->`` and ``<!-- eval:end -->`` (appended when absent);
+the raw numbers go to ``eval_results.json`` next to it.
+
+Example (a CPU-sized subset, a few minutes)::
+
+    ORL_GYM_DATA=../shared/data python experiments/eval_base_model.py --max-images 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset, degrade
+from orl_gym.models import bundled_model_path, load_ldmsr
+
+CARD_BEGIN, CARD_END = "<!-- eval:begin -->", "<!-- eval:end -->"
+SAMPLERS = {"ddim100_eta0": (100, 0.0), "ddim50_eta1": (50, 1.0)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="bundled", help="'bundled', a checkpoint folder or a hub id")
+    p.add_argument("--datasets", default="ucmerced,aid150",
+                   help=f"comma list of dataset folders under ${DATA_ENV_VAR}")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--max-images", type=int, default=0,
+                   help="images per dataset, spread evenly over its classes (0: all)")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma list of " + ", ".join(SAMPLERS))
+    p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samplers' noise")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--card", default=None,
+                   help="model card to write the table into (default: <model folder>/README.md)")
+    p.add_argument("--no-card", action="store_true", help="print the table only")
+    return p.parse_args(argv)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) PSNR in dB over RGB, images in [0, 1], no border crop."""
+    return -10 * torch.log10((x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+
+
+def make_lpips(device: str, disabled: bool) -> tuple[object | None, str]:
+    """orl_gym.rewards.LPIPS(net='alex') with real weights, or None and the reason."""
+    if disabled:
+        return None, "skipped (--no-lpips)"
+    try:
+        from orl_gym.rewards import LPIPS
+
+        return LPIPS(net="alex", device=device), "alex (real ImageNet weights)"
+    except Exception as err:  # noqa: BLE001 - any failure means: no LPIPS column, say why
+        return None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+
+
+def pick_indices(ds: PairDataset, max_images: int) -> torch.Tensor:
+    """Evenly spread image indices (the dataset is ordered by class, so this covers classes)."""
+    if max_images <= 0 or max_images >= len(ds):
+        return torch.arange(len(ds))
+    return torch.linspace(0, len(ds) - 1, max_images).round().long().unique()
+
+
+def group_by_shape(ds: PairDataset, indices: torch.Tensor) -> list[torch.Tensor]:
+    """Indices grouped by their ``crop="full"`` HR shape: one batch shape each."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index in indices.tolist():
+        groups[ds.full_crop_shape(index)].append(index)
+    return [torch.tensor(g) for g in groups.values()]
+
+
+def center_crop_pair(hr: torch.Tensor, lr: torch.Tensor, multiple: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Center-crop HR to a multiple of ``multiple``; LR re-made from it when the crop changed HR."""
+    height, width = hr.shape[-2:]
+    new_h, new_w = height // multiple * multiple, width // multiple * multiple
+    if (new_h, new_w) == (height, width):
+        return hr, lr
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    hr = hr[..., top: top + new_h, left: left + new_w]
+    return hr, degrade(hr, scale=scale, quantize=True)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    model = load_ldmsr(args.model, device=args.device)
+    pipe = model.to_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    lpips_model, lpips_note = make_lpips(args.device, args.no_lpips)
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = set(samplers) - set(SAMPLERS)
+    if unknown:
+        raise SystemExit(f"--samplers: unknown {sorted(unknown)}; choose from {list(SAMPLERS)}")
+    methods = ["bicubic", "vq_reconstruction", *samplers]
+    # HR side multiple: scale x the UNet's downsampling (2 per level after the first).
+    multiple = model.scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    results: dict = {"datasets": {}, "lpips": lpips_note}
+    timing: dict[str, float] = {}
+    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full"))
+        indices = pick_indices(ds, args.max_images)
+        scores: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in methods}
+        seconds: dict[str, float] = defaultdict(float)
+        shapes = set()
+        for group in group_by_shape(ds, indices):
+            for chunk in group.split(args.batch_size):
+                batch = ds.pairs(chunk).to(args.device)
+                hr, lr = center_crop_pair(batch.hr, batch.lr, multiple, model.scale_factor)
+                shapes.add(tuple(hr.shape[-2:]))
+                outputs: dict[str, torch.Tensor] = {}
+                start = time.perf_counter()
+                outputs["bicubic"] = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic",
+                                                   align_corners=False).clamp(0, 1)
+                seconds["bicubic"] += time.perf_counter() - start
+                start = time.perf_counter()
+                with torch.no_grad():
+                    z = model.vqvae.encode(hr * 2 - 1).latents
+                    rec = model.vqvae.decode(z).sample
+                outputs["vq_reconstruction"] = ((rec.clamp(-1, 1) + 1) / 2).float()
+                seconds["vq_reconstruction"] += time.perf_counter() - start
+                for sampler in samplers:
+                    steps, eta = SAMPLERS[sampler]
+                    # The pipeline draws its eta > 0 noise from the global RNG: seed both.
+                    torch.manual_seed(args.seed)
+                    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        sr = pipe(lr * 2 - 1, num_inference_steps=steps, eta=eta,
+                                  generator=generator, output_type="pt").images
+                    seconds[sampler] += time.perf_counter() - start
+                    outputs[sampler] = sr.float().clamp(0, 1)
+                for method, image in outputs.items():
+                    scores[method]["psnr"] += psnr(image, hr).tolist()
+                    scores[method]["ssim"] += ssim(image, hr).tolist()
+                    if lpips_model is not None:
+                        with torch.no_grad():
+                            scores[method]["lpips"] += lpips_model(image, hr).tolist()
+                print(f"{name}: {len(scores['bicubic']['psnr'])}/{len(indices)} images", file=sys.stderr)
+        count = len(scores["bicubic"]["psnr"])
+        results["datasets"][name] = {
+            "images": count, "hr_shapes": sorted(shapes),
+            "metrics": {m: {k: sum(v) / len(v) for k, v in s.items()} for m, s in scores.items()},
+            "per_image": {m: dict(s) for m, s in scores.items()},
+            "seconds_per_image_batched": {m: seconds[m] / count for m in methods},
+        }
+    # Latency of the default sampler on one whole 256x256 UC Merced-sized image (batch of one).
+    lr = torch.rand(1, 3, 64, 64, device=args.device)
+    for sampler in samplers:
+        steps, eta = SAMPLERS[sampler]
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        with torch.no_grad():
+            pipe(lr * 2 - 1, num_inference_steps=steps, eta=eta, output_type="pt")
+        timing[sampler] = time.perf_counter() - start
+    results["seconds_per_256px_image"] = timing
+    results["setup"] = {
+        "model": str(model.source), "split": args.split, "max_images": args.max_images,
+        "seed": args.seed, "device": args.device, "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" if args.device == "cpu" else args.device,
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    return results
+
+
+def markdown(results: dict) -> str:
+    """The card's evaluation section: one table per dataset, the targets and whether they are met."""
+    setup = results["setup"]
+    label = {"bicubic": "bicubic x4", "vq_reconstruction": "VQ reconstruction (upper bound)",
+             "ddim100_eta0": "LDM, DDIM 100 steps, eta 0 (pipeline default)",
+             "ddim50_eta1": "LDM, DDIM 50 steps, eta 1"}
+    lines = [
+        f"Measured {setup['date']} by `{setup['command']}` on the `{setup['split']}` split, whole "
+        f"images, {setup['device']} ({setup['machine']}, {setup['threads']} torch threads), "
+        f"seed {setup['seed']}. PSNR over RGB in dB, no border crop; SSIM torchmetrics (Gaussian "
+        f"11, sigma 1.5); LPIPS: {results['lpips']}.",
+        "",
+    ]
+    has_lpips = not results["lpips"].startswith(("n/a", "skipped"))
+    checks = []
+    for name, data in results["datasets"].items():
+        shapes = ", ".join(f"{h}x{w}" for h, w in data["hr_shapes"])
+        lines += [f"**{name}** ({data['images']} test images, HR {shapes})", "",
+                  "| method | PSNR (dB) | SSIM | LPIPS | s / image (batched) |",
+                  "|---|---|---|---|---|"]
+        for method, m in data["metrics"].items():
+            lp = f"{m['lpips']:.4f}" if "lpips" in m else "n/a"
+            lines.append(f"| {label.get(method, method)} | {m['psnr']:.2f} | {m['ssim']:.4f} | {lp} | "
+                         f"{data['seconds_per_image_batched'][method]:.3f} |")
+        lines.append("")
+        metrics = data["metrics"]
+        bic = metrics["bicubic"]
+        checks.append(f"- {name}: VQ reconstruction {metrics['vq_reconstruction']['psnr']:.2f} dB "
+                      f"(target >= 28): **{'met' if metrics['vq_reconstruction']['psnr'] >= 28 else 'not met'}**")
+        for sampler in (m for m in metrics if m.startswith("ddim")):
+            s = metrics[sampler]
+            psnr_ok = s["psnr"] >= bic["psnr"] - 1.5
+            text = (f"- {name}, {label[sampler]}: PSNR {s['psnr'] - bic['psnr']:+.2f} dB vs bicubic "
+                    f"(target >= -1.5): **{'met' if psnr_ok else 'not met'}**")
+            if has_lpips:
+                lp_ok = s["lpips"] < bic["lpips"]
+                text += (f"; LPIPS {s['lpips']:.4f} vs bicubic {bic['lpips']:.4f} (target: lower): "
+                         f"**{'met' if lp_ok else 'not met'}**")
+            else:
+                text += "; LPIPS target not measured (no real LPIPS weights here)"
+            checks.append(text)
+    lines += ["Acceptance targets:", "", *checks, ""]
+    timing = results["seconds_per_256px_image"]
+    lines.append("Time per 256x256 output image (64x64 LR, batch of one): " + "; ".join(
+        f"{label[k]}: {v:.2f} s" for k, v in timing.items()) + ".")
+    return "\n".join(lines)
+
+
+def write_card(card: Path, table: str) -> None:
+    """Replace the marked evaluation section of the card (or append one), atomically."""
+    text = card.read_text() if card.exists() else "# Model card\n"
+    block = f"{CARD_BEGIN}\n{table}\n{CARD_END}"
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + block + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Evaluation\n\n" + block + "\n"
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    results = evaluate(args)
+    table = markdown(results)
+    print(table)
+    if not args.no_card:
+        folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
+        card = Path(args.card) if args.card else folder / "README.md"
+        write_card(card, table)
+        json_path = card.with_name("eval_results.json")
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {card} and {json_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,951 @@
+"""Train the bundled LDM-SR model: (1) the VQ autoencoder, (2) the conditional UNet.
+
+Both stages use diffusers components in the layout of CompVis/ldm-super-resolution-4x-openimages
+(``orl_gym.models.LDMSRArchitecture``) and a plain torch loop, so the result loads with
+``orl_gym.models.load_ldmsr`` and with ``LDMSuperResolutionPipeline.from_pretrained``.
+
+Stage 1 (``vq``): VQModel (f = 4, 3 latent channels) on random HR crops in [-1, 1], loss
+``l1 * |x - x'| + mse * (x - x')^2 + codebook + beta * commitment``. The quantizer is computed
+here rather than by diffusers' ``VectorQuantizer`` so that code usage can be counted: codes unused
+for ``--vq-restart-every`` steps are re-seeded from encoder outputs of the current batch (dead-code
+restart), which is what keeps a small-batch CPU run from collapsing onto a few codes. The decoder
+sees the straight-through quantized latents, as ``vqvae.decode`` quantizes at inference.
+
+Stage 2 (``unet``): UNet2DModel on ``concat(z_t, 2 * LR - 1)`` (6 channels), epsilon prediction,
+``z_t = DDPMScheduler.add_noise(z_0, eps, t)`` with the reference schedule (scaled_linear
+0.0015..0.0155, 1000 steps), ``z_0 = vqvae.encode(hr).latents`` of the frozen VQ (pre-quantization
+latents: the pipeline's ``vqvae.decode`` quantizes). The frozen encoder runs once over whole
+training images (it is fully convolutional) and training takes aligned random crops of those
+latents and of the LR image: encoding each batch again would cost more than the UNet step.
+
+Output folder (``--out``)::
+
+    run_config.json        resolved configuration of the latest invocation (+ commands.log: all)
+    vq/checkpoint.pt       model, optimizer, step, history, RNG state (atomic: temp + os.replace)
+    unet/checkpoint.pt     the same for the UNet (+ EMA weights, the VQ step it was trained on)
+    unet/latents.pt        cached latents of the training images (keyed by the VQ step)
+    tb/                    TensorBoard scalars
+    loss_vq.png, loss_unet.png
+    export/                diffusers pipeline folder (weights fp16 by default)
+
+Every invocation resumes from the checkpoints in ``--out``; raising ``--vq-steps`` or
+``--unet-steps`` continues a finished stage (the learning-rate schedule is a function of
+(step, total steps), so it is recomputed for the new total). Ctrl-C, SIGTERM or a file
+``<out>/STOP`` saves a checkpoint and exits cleanly.
+
+Examples::
+
+    ORL_GYM_DATA=../shared/data python experiments/train_ldm.py --out /tmp/ldm --vq-steps 6000 \\
+        --unet-steps 20000
+    python experiments/train_ldm.py --out /tmp/ldm --export-only --export orl_gym/assets/ldm-sr-tiny-x4
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel, VQModel
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from orl_gym.data import DataConfig, PairDataset
+from orl_gym.models import LDMSR, LDMSRArchitecture, load_ldmsr
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _bools(text: str) -> tuple[bool, ...]:
+    return tuple(v.strip().lower() in ("1", "true", "t", "yes") for v in text.split(","))
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as run_config.json next to the checkpoints."""
+
+    out: str
+    data: str | None = None
+    device: str = "cpu"
+    threads: int = 0
+    seed: int = 0
+    # architecture (fixed by the first invocation; a resume checks it matches)
+    latent_channels: int = 3
+    vq_channels: tuple[int, ...] = (16, 32, 64)
+    vq_layers_per_block: int = 1
+    codebook_size: int = 8192
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_layers_per_block: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    vq_mid_attention: bool = False
+    unet_mid_attention: bool = False
+    norm_num_groups: int = 8
+    # stage 1: VQ autoencoder
+    vq_steps: int = 8000
+    vq_minutes: float = 0.0
+    vq_batch_size: int = 32
+    vq_crop: int = 32
+    vq_lr: float = 2e-3
+    vq_min_lr_ratio: float = 0.05
+    vq_warmup: int = 100
+    vq_l1_weight: float = 1.0
+    vq_mse_weight: float = 1.0
+    vq_codebook_weight: float = 1.0
+    vq_commit_beta: float = 0.25
+    vq_restart_every: int = 50
+    # stage 2: UNet
+    unet_steps: int = 8000
+    unet_minutes: float = 0.0
+    unet_batch_size: int = 64
+    unet_crop: int = 64
+    unet_lr: float = 1e-3
+    unet_min_lr_ratio: float = 0.05
+    unet_warmup: int = 200
+    ema_decay: float = 0.999
+    # common
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_every: int = 250
+    val_images: int = 24
+    val_crop: int = 128
+    checkpoint_every: int = 100
+    max_minutes: float = 0.0
+    export: str | None = None
+    export_dtype: str = "float16"
+    export_only: bool = False
+    no_export: bool = False
+    stages: str = "vq,unet"
+    progress: bool = True
+
+    @property
+    def architecture(self) -> LDMSRArchitecture:
+        return LDMSRArchitecture(
+            latent_channels=self.latent_channels, vq_channels=tuple(self.vq_channels),
+            vq_layers_per_block=self.vq_layers_per_block, num_vq_embeddings=self.codebook_size,
+            unet_channels=tuple(self.unet_channels), unet_layers_per_block=self.unet_layers_per_block,
+            attention_levels=tuple(self.attention_levels), norm_num_groups=self.norm_num_groups,
+        )
+
+
+ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
+               "unet_channels", "unet_layers_per_block", "attention_levels", "vq_mid_attention",
+               "unet_mid_attention", "norm_num_groups")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Command line -> TrainConfig (every default is the TrainConfig default, shown by --help)."""
+    d = TrainConfig(out="")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, logs, export")
+    p.add_argument("--data", default=d.data, help="data source for orl_gym.data (None: $ORL_GYM_DATA)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("architecture (first invocation only)")
+    g.add_argument("--latent-channels", type=int, default=d.latent_channels)
+    g.add_argument("--vq-channels", type=_ints, default=d.vq_channels, help="comma list; 3 levels = x4")
+    g.add_argument("--vq-layers-per-block", type=int, default=d.vq_layers_per_block)
+    g.add_argument("--codebook-size", type=int, default=d.codebook_size)
+    g.add_argument("--unet-channels", type=_ints, default=d.unet_channels)
+    g.add_argument("--unet-layers-per-block", type=int, default=d.unet_layers_per_block)
+    g.add_argument("--attention-levels", type=_bools, default=d.attention_levels,
+                   help="comma list of booleans, one per UNet level")
+    g.add_argument("--vq-mid-attention", action="store_true",
+                   help="keep the VQ's mid-block self-attention (off: fully convolutional)")
+    g.add_argument("--unet-mid-attention", action="store_true",
+                   help="keep the UNet's mid-block self-attention")
+    g.add_argument("--norm-num-groups", type=int, default=d.norm_num_groups)
+    g = p.add_argument_group("stage 1: VQ autoencoder")
+    g.add_argument("--vq-steps", type=int, default=d.vq_steps, help="total optimizer steps")
+    g.add_argument("--vq-minutes", type=float, default=d.vq_minutes,
+                   help="training-time budget of the stage, over all resumes (0: steps only); "
+                   "the stage ends at whichever limit comes first, the LR decays with it")
+    g.add_argument("--vq-batch-size", type=int, default=d.vq_batch_size)
+    g.add_argument("--vq-crop", type=int, default=d.vq_crop, help="HR crop side (px)")
+    g.add_argument("--vq-lr", type=float, default=d.vq_lr, help="peak AdamW learning rate")
+    g.add_argument("--vq-min-lr-ratio", type=float, default=d.vq_min_lr_ratio,
+                   help="cosine decay ends at lr * ratio")
+    g.add_argument("--vq-warmup", type=int, default=d.vq_warmup, help="linear warm-up steps")
+    g.add_argument("--vq-l1-weight", type=float, default=d.vq_l1_weight)
+    g.add_argument("--vq-mse-weight", type=float, default=d.vq_mse_weight)
+    g.add_argument("--vq-codebook-weight", type=float, default=d.vq_codebook_weight)
+    g.add_argument("--vq-commit-beta", type=float, default=d.vq_commit_beta)
+    g.add_argument("--vq-restart-every", type=int, default=d.vq_restart_every,
+                   help="re-seed codes unused for this many steps (0: never)")
+    g = p.add_argument_group("stage 2: conditional UNet")
+    g.add_argument("--unet-steps", type=int, default=d.unet_steps, help="total optimizer steps")
+    g.add_argument("--unet-minutes", type=float, default=d.unet_minutes,
+                   help="training-time budget of the stage (as --vq-minutes)")
+    g.add_argument("--unet-batch-size", type=int, default=d.unet_batch_size)
+    g.add_argument("--unet-crop", type=int, default=d.unet_crop, help="HR crop side (px); latent = /4")
+    g.add_argument("--unet-lr", type=float, default=d.unet_lr)
+    g.add_argument("--unet-min-lr-ratio", type=float, default=d.unet_min_lr_ratio)
+    g.add_argument("--unet-warmup", type=int, default=d.unet_warmup)
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="UNet weight EMA (0: off)")
+    g = p.add_argument_group("common")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm (0: off)")
+    g.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations")
+    g.add_argument("--val-images", type=int, default=d.val_images, help="validation-split images")
+    g.add_argument("--val-crop", type=int, default=d.val_crop,
+                   help="side of the VQ validation center crops (px)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    g.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                   help="stop (checkpointed) after this much wall time in this invocation (0: no limit)")
+    g.add_argument("--stages", default=d.stages, help="comma list of stages to run: vq, unet")
+    g.add_argument("--export", default=d.export,
+                   help="also write the diffusers folder here (default: <out>/export)")
+    g.add_argument("--export-dtype", default=d.export_dtype, choices=("float16", "float32"))
+    g.add_argument("--export-only", action="store_true", help="export the checkpoints, no training")
+    g.add_argument("--no-export", action="store_true", help="train only, no export at the end")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+# --------------------------------------------------------------------------- utilities
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file, fsync, then os.replace: a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, *, peak: float, warmup: int, progress: float, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps times a cosine decay from ``peak`` (progress 0) to
+    ``peak * min_ratio`` (progress 1); ``progress`` is the stage's fraction done (StageClock)."""
+    progress = min(1.0, max(0.0, progress))
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    return peak * warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class StageClock:
+    """How far a stage is: steps and training wall time summed over all resumes.
+
+    A stage ends at ``max_steps`` or, when ``minutes`` > 0, after that much training time,
+    whichever comes first; the learning-rate decay follows the same fraction. A time budget
+    suits shared CPUs, whose speed changes with the load: the schedule still ends decayed.
+    """
+
+    def __init__(self, max_steps: int, minutes: float, seconds_before: float = 0.0) -> None:
+        self.max_steps, self.minutes, self.seconds_before = max_steps, minutes, seconds_before
+        self.started = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+    def progress(self, step: int) -> float:
+        by_steps = step / max(1, self.max_steps)
+        by_time = self.seconds / (self.minutes * 60) if self.minutes > 0 else 0.0
+        return max(by_steps, by_time)
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) PSNR in dB of images in [0, 1]."""
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flips and 90-degree rotations (the 8 symmetries; aerial scenes have no up)."""
+    k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
+    images = torch.rot90(images, k, dims=(-2, -1))
+    return images.flip(-1) if flip % 2 else images
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    """Loss (and validation) curves as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h) for h in history if "val" in h]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    if train:
+        steps, losses = zip(*train, strict=True)
+        axes[0].plot(steps, losses, lw=0.5, alpha=0.4, label="train loss")
+        window = max(1, len(losses) // 50)
+        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+                  for i in range(len(losses))]
+        axes[0].plot(steps, smooth, lw=1.2, label=f"mean of {window}")
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("step")
+        axes[0].legend()
+    if val:
+        steps, entries = zip(*val, strict=True)
+        axes[1].plot(steps, [e["val"] for e in entries], marker="o")
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel(val[0][1].get("val_name", "validation"))
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT / an ``<out>/STOP`` file / the wall-time limit: save and exit."""
+
+    def __init__(self, out: Path, max_minutes: float) -> None:
+        self.out, self.reason = out, ""
+        self.deadline = time.monotonic() + max_minutes * 60 if max_minutes > 0 else math.inf
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def close(self) -> None:
+        """Put the previous signal handlers back (main() may run inside another program)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def __bool__(self) -> bool:
+        if not self.reason and (self.out / "STOP").exists():
+            self.reason = "STOP file"
+        if not self.reason and time.monotonic() > self.deadline:
+            self.reason = "--max-minutes"
+        return bool(self.reason)
+
+
+# --------------------------------------------------------------------------- model I/O
+
+
+def build_model(cfg: TrainConfig) -> LDMSR:
+    """A random model of the configured size.
+
+    Mid-block self-attention is optional (off by default) in both networks: a model trained on
+    small crops attends over 64 tokens but over 4,096 on a whole 256x256 image, so attention is a
+    train/test mismatch for full-image inference, and on the CPU it is quadratic in image area.
+    Dropping it keeps both networks fully convolutional (the diffusers configs record it, so the
+    pipeline and load_ldmsr rebuild the same modules).
+    """
+    model = cfg.architecture.build(seed=cfg.seed, device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 7)
+        if not cfg.vq_mid_attention:
+            codebook = model.vqvae.quantize.embedding.weight.detach().clone()
+            model.vqvae = VQModel.from_config({**model.vqvae.config, "mid_block_add_attention": False})
+            model.vqvae.quantize.embedding.weight.data.copy_(codebook)
+        if not cfg.unet_mid_attention:
+            model.unet = UNet2DModel.from_config({**model.unet.config, "add_attention": False})
+    return model.to(cfg.device)
+
+
+def load_vq_weights(model: LDMSR, vq_ckpt: dict) -> None:
+    model.vqvae.load_state_dict(vq_ckpt["model"])
+
+
+def load_unet_weights(model: LDMSR, unet_ckpt: dict, *, ema: bool = True) -> None:
+    model.unet.load_state_dict(unet_ckpt["model"])
+    if ema and unet_ckpt.get("ema") is not None:
+        shadow = EMAModel(model.unet.parameters())
+        shadow.load_state_dict(unet_ckpt["ema"])
+        shadow.copy_to(model.unet.parameters())
+
+
+TRAIN_BEGIN, TRAIN_END = "<!-- train:begin -->", "<!-- train:end -->"
+EVAL_BEGIN, EVAL_END = "<!-- eval:begin -->", "<!-- eval:end -->"
+
+
+def _last_val(history: list[dict]) -> float | None:
+    vals = [h["val"] for h in history if "val" in h]
+    return vals[-1] if vals else None
+
+
+def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None) -> str:
+    """The card's training section, from the checkpoints and the saved run record."""
+    record_path = Path(cfg.out) / "run_config.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    vq_cfg = vq_ckpt.get("config", asdict(cfg))
+    lines = [
+        "| | VQ autoencoder (stage 1) | conditional UNet (stage 2) |",
+        "|---|---|---|",
+    ]
+    unet_cfg = unet_ckpt.get("config", asdict(cfg)) if unet_ckpt else None
+
+    def row(name: str, vq_value: str, unet_value: str) -> None:
+        lines.append(f"| {name} | {vq_value} | {unet_value if unet_ckpt else 'not trained'} |")
+
+    arch = cfg.architecture
+    vq_params = sum(p.numel() for p in vq_ckpt["model"].values()) / 1e6
+    unet_params = (sum(p.numel() for p in unet_ckpt["model"].values()) / 1e6) if unet_ckpt else 0
+    row("architecture", f"diffusers VQModel, block_out_channels {arch.vq_channels}, "
+        f"{arch.vq_layers_per_block} layer/block, {arch.latent_channels} latent channels, "
+        f"{arch.num_vq_embeddings} codes, no mid-block attention ({vq_params:.2f} M params)",
+        f"diffusers UNet2DModel, in 6 (latent + LR) / out 3, block_out_channels "
+        f"{arch.unet_channels}, {arch.unet_layers_per_block} layer/block, no attention "
+        f"({unet_params:.2f} M params)")
+    row("objective", f"L1 x {vq_cfg['vq_l1_weight']} + MSE x {vq_cfg['vq_mse_weight']} + codebook + "
+        f"{vq_cfg['vq_commit_beta']} x commitment; dead codes re-seeded every "
+        f"{vq_cfg['vq_restart_every']} steps",
+        "epsilon-prediction MSE, t uniform in [0, 1000), DDPMScheduler.add_noise, scaled_linear "
+        "0.0015..0.0155 (the reference schedule), on pre-quantization latents of the frozen VQ")
+    row("input", f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops, flips / 90-degree "
+        "rotations, batch " + str(vq_cfg["vq_batch_size"]),
+        f"aligned random crops of whole-image latents + LR: {cfg.unet_crop // 4}x{cfg.unet_crop // 4} "
+        f"latent ({cfg.unet_crop}x{cfg.unet_crop} HR), batch {unet_cfg['unet_batch_size'] if unet_cfg else ''}")
+    row("optimizer", f"AdamW lr {vq_cfg['vq_lr']:g}, warm-up {vq_cfg['vq_warmup']}, cosine to "
+        f"x{vq_cfg['vq_min_lr_ratio']:g}, weight decay {vq_cfg['weight_decay']:g}, grad clip "
+        f"{vq_cfg['grad_clip']:g}",
+        (f"AdamW lr {unet_cfg['unet_lr']:g}, warm-up {unet_cfg['unet_warmup']}, cosine to "
+         f"x{unet_cfg['unet_min_lr_ratio']:g}; weights exported: EMA decay {unet_cfg['ema_decay']:g}")
+        if unet_cfg else "")
+    row("steps", str(vq_ckpt["step"]), str(unet_ckpt["step"]) if unet_ckpt else "")
+    row("training wall time", f"{vq_ckpt.get('seconds', 0) / 60:.0f} min",
+        f"{unet_ckpt.get('seconds', 0) / 60:.0f} min (+ encoding the training set once)"
+        if unet_ckpt else "")
+    vq_val = _last_val(vq_ckpt["history"])
+    unet_val = _last_val(unet_ckpt["history"]) if unet_ckpt else None
+    row("validation at the end", f"{vq_val:.2f} dB PSNR (24 center 128x128 crops)" if vq_val else "n/a",
+        f"eps-MSE {unet_val:.4f} (EMA weights, fixed crops / t / noise)" if unet_val else "n/a")
+    machine = (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
+               f"{record.get('threads', '?')} torch thread(s), nice {record.get('niceness', 10)}, "
+               "shared with other jobs")
+    if cfg.device != "cpu":
+        machine = cfg.device
+    return "\n".join([
+        "Data: the `train` split of `$ORL_GYM_DATA` = UC Merced Land Use (256x256, ~0.3 m/px) + "
+        "AID (150x150 copy, ~2 m/px), split per image by orl_gym.data's seeded identity hash "
+        "(train 0.7 / validation 0.1 / test 0.2, split_seed 0); validation images for model "
+        "selection, test images only for the evaluation below. LR = antialiased bicubic x4 "
+        "downsampling of HR, 8-bit.",
+        "",
+        *lines,
+        "",
+        f"Machine: {machine}; torch {torch.__version__}. Command line(s): `{Path(cfg.out).name}/commands.log` "
+        "of the run; the resolved configuration is stored in every checkpoint.",
+    ])
+
+
+def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None) -> str:
+    """The model card: fixed text, the training section (regenerated) and the evaluation
+    section of the previous card (kept until eval_base_model.py rewrites it)."""
+    evaluation = (f"{EVAL_BEGIN}\nNot measured yet: run `experiments/eval_base_model.py`.\n{EVAL_END}")
+    if old_card and EVAL_BEGIN in old_card and EVAL_END in old_card:
+        evaluation = EVAL_BEGIN + old_card.split(EVAL_BEGIN, 1)[1].split(EVAL_END, 1)[0] + EVAL_END
+    return "\n".join([
+        "# ldm-sr-tiny-x4: a tiny latent-diffusion x4 super-resolution model for aerial images",
+        "",
+        "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
+        "aerial imagery. Same format as `CompVis/ldm-super-resolution-4x-openimages` "
+        "(diffusers `LDMSuperResolutionPipeline`: VQModel f = 4 with 3 latent channels, "
+        "UNet2DModel on concat(latent, LR) with 6 input channels, DDIM scheduler), so the same "
+        "code runs both. Weights are stored in float16 to keep the package small; both loaders "
+        "give float32 modules on the CPU:",
+        "",
+        "```python",
+        "from orl_gym.models import bundled_model_path, load_ldmsr",
+        "model = load_ldmsr(\"bundled\")  # float32",
+        "from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (",
+        "    LDMSuperResolutionPipeline)",
+        "pipe = LDMSuperResolutionPipeline.from_pretrained(bundled_model_path(), torch_dtype=torch.float32)",
+        "# lr: (B, 3, h, w) in [0, 1]; the pipeline takes tensors in [-1, 1]",
+        "sr = pipe(lr * 2 - 1, num_inference_steps=100, eta=0.0, output_type=\"pt\").images",
+        "```",
+        "",
+        "Both networks are fully convolutional (no self-attention), so a model trained on small "
+        "crops runs on whole images; the LR side must be a multiple of 4 (the UNet's three "
+        "levels), i.e. HR a multiple of 16.",
+        "",
+        "## Training",
+        "",
+        TRAIN_BEGIN,
+        training_facts(cfg, vq_ckpt, unet_ckpt),
+        TRAIN_END,
+        "",
+        "## Evaluation",
+        "",
+        evaluation,
+        "",
+        "## Limitations",
+        "",
+        "A small model trained for about two hours on a shared 2-core CPU: it is a stand-in that "
+        "makes the environment run anywhere, not a state-of-the-art super-resolver. Trained on "
+        "two aerial datasets at two ground resolutions with plain bicubic degradation; other "
+        "imagery or degradations are out of distribution. Data licences: UC Merced (USGS "
+        "National Map, public domain), AID (Google Earth imagery, research use); cite the "
+        "dataset papers (Yang & Newsam 2010; Xia et al. 2017).",
+        "",
+    ])
+
+
+def export(cfg: TrainConfig, folder: Path) -> Path:
+    """Write the diffusers pipeline folder from the checkpoints (UNet EMA weights when kept).
+
+    Written to a temp folder first and swapped in, then loaded back in float32 as a check.
+    """
+    out = Path(cfg.out)
+    vq_path, unet_path = out / "vq" / "checkpoint.pt", out / "unet" / "checkpoint.pt"
+    if not vq_path.exists():
+        raise FileNotFoundError(f"export: no VQ checkpoint at {vq_path}")
+    model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu"}))
+    vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
+    load_vq_weights(model, vq_ckpt)
+    unet_step, unet_ckpt = 0, None
+    if unet_path.exists():
+        unet_ckpt = torch.load(unet_path, map_location="cpu", weights_only=False)
+        load_unet_weights(model, unet_ckpt)
+        unet_step = unet_ckpt["step"]
+    else:
+        print("export: no UNet checkpoint yet: the UNet in the export is untrained", file=sys.stderr)
+    if cfg.export_dtype == "float16":
+        # Stored in fp16 to keep the package small; loaders cast back to float32 on the CPU.
+        model.vqvae.half()
+        model.unet.half()
+    folder = folder.resolve()
+    tmp = folder.with_name(folder.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    info = {"vq_step": vq_ckpt["step"], "unet_step": unet_step, "dtype": cfg.export_dtype,
+            "vq_val_psnr": vq_ckpt.get("best_val")}
+    (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
+    old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
+    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, unet_ckpt if unet_step else None, old_card))
+    old = folder.with_name(folder.name + ".old-export")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    check = load_ldmsr(folder, dtype=torch.float32)
+    assert check.dtype == torch.float32 and check.vqvae.dtype == torch.float32
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"export: {folder} ({size / 1e6:.1f} MB, {cfg.export_dtype}; VQ step {info['vq_step']}, "
+          f"UNet step {unet_step}); loads back in float32", file=sys.stderr)
+    return folder
+
+
+# --------------------------------------------------------------------------- stage 1: VQ
+
+
+def quantize(vqvae: torch.nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest-code quantization of (B, c, h, w) latents, as diffusers' VectorQuantizer does.
+
+    Returns (straight-through z_q, code vectors with gradient to the codebook, code indices).
+    """
+    codebook = vqvae.quantize.embedding.weight
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    indices = torch.cdist(flat, codebook).argmin(dim=1)
+    codes = codebook[indices].view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+    z_q = z + (codes - z).detach()
+    return z_q, codes, indices
+
+
+def vq_validation_batch(cfg: TrainConfig) -> torch.Tensor:
+    """Fixed validation images: center crops (128 px: AID's 150 px allows it) in [0, 1]."""
+    ds = PairDataset(DataConfig(source=cfg.data, split="validation", hr_size=cfg.val_crop, scale=4,
+                                crop="center", seed=cfg.seed), device="cpu")
+    count = min(cfg.val_images, len(ds))
+    # Spread over the dataset (both sources) rather than the first class.
+    indices = torch.linspace(0, len(ds) - 1, count).round().long()
+    return ds.pairs(indices).hr
+
+
+@torch.no_grad()
+def vq_validate(vqvae: torch.nn.Module, hr: torch.Tensor, device: str) -> float:
+    """Mean reconstruction PSNR (dB) through encode + decode (which quantizes)."""
+    vqvae.eval()
+    scores = []
+    for chunk in hr.split(8):
+        x = chunk.to(device) * 2 - 1
+        rec = vqvae.decode(vqvae.encode(x).latents).sample.clamp(-1, 1)
+        scores.append(psnr((rec + 1) / 2, chunk.to(device)))
+    vqvae.train()
+    return float(torch.cat(scores).mean())
+
+
+def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
+    out = Path(cfg.out)
+    ckpt_path = out / "vq" / "checkpoint.pt"
+    vqvae = model.vqvae.to(cfg.device).train().requires_grad_(True)
+    codebook = vqvae.quantize.embedding.weight
+    decay, no_decay = [], []
+    for name, param in vqvae.named_parameters():
+        (no_decay if param.dim() < 2 or "quantize" in name else decay).append(param)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.vq_lr, betas=(0.9, 0.99))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step, history, best_val, seconds = 0, [], None, 0.0
+    last_used = torch.zeros(cfg.codebook_size, dtype=torch.long)
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        vqvae.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, history, best_val = ckpt["step"], ckpt["history"], ckpt.get("best_val")
+        seconds = ckpt.get("seconds", 0.0)
+        generator.set_state(ckpt["generator"])
+        last_used = ckpt["last_used"]
+        print(f"vq: resumed at step {step} from {ckpt_path}", file=sys.stderr)
+    clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
+    if clock.done(step):
+        print(f"vq: already done (step {step}, {seconds / 60:.1f} min; --vq-steps {cfg.vq_steps}, "
+              f"--vq-minutes {cfg.vq_minutes})", file=sys.stderr)
+        return
+
+    train_ds = PairDataset(DataConfig(source=cfg.data, split="train", hr_size=cfg.vq_crop, scale=4,
+                                      crop="random", seed=cfg.seed), device="cpu").preload()
+    val_hr = vq_validation_batch(cfg)
+    print(f"vq: {train_ds}; validation {tuple(val_hr.shape)}", file=sys.stderr)
+
+    def save() -> None:
+        atomic_save({"model": vqvae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "history": history, "best_val": best_val, "generator": generator.get_state(),
+                     "last_used": last_used, "seconds": clock.seconds, "config": asdict(cfg)},
+                    ckpt_path)
+        plot_history(history, out / "loss_vq.png", "VQ autoencoder")
+
+    if step == 0:
+        # Seed the codebook with encoder outputs of real crops: a random codebook is mostly dead.
+        with torch.no_grad():
+            x = train_ds.sample(cfg.vq_batch_size, generator=generator).hr.to(cfg.device) * 2 - 1
+            z = vqvae.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, cfg.latent_channels)
+            pick = torch.randint(0, z.shape[0], (cfg.codebook_size,), generator=generator)
+            codebook.data.copy_(z[pick.to(z.device)] + 0.01 * torch.randn_like(codebook))
+
+    bar = tqdm(total=cfg.vq_steps, initial=step, desc="vq", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=5)
+    t_last = time.monotonic()
+    while not clock.done(step) and not stop:
+        lr = lr_at(step, peak=cfg.vq_lr, warmup=cfg.vq_warmup, progress=clock.progress(step),
+                   min_ratio=cfg.vq_min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        hr = augment(train_ds.sample(cfg.vq_batch_size, generator=generator).hr, generator)
+        x = hr.to(cfg.device) * 2 - 1
+        z = vqvae.encode(x).latents
+        z_q, codes, indices = quantize(vqvae, z)
+        rec = vqvae.decode(z_q, force_not_quantize=True).sample
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        codebook_loss = F.mse_loss(codes, z.detach())
+        commit = F.mse_loss(z, codes.detach())
+        loss = (cfg.vq_l1_weight * l1 + cfg.vq_mse_weight * mse
+                + cfg.vq_codebook_weight * codebook_loss + cfg.vq_commit_beta * commit)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(vqvae.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+
+        used = torch.bincount(indices.cpu(), minlength=cfg.codebook_size) > 0
+        last_used[used] = step
+        if cfg.vq_restart_every and step % cfg.vq_restart_every == 0:
+            dead = (step - last_used) >= cfg.vq_restart_every
+            n_dead = int(dead.sum())
+            if n_dead:
+                with torch.no_grad():
+                    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, cfg.latent_channels)
+                    pick = torch.randint(0, flat.shape[0], (n_dead,), generator=generator)
+                    codebook.data[dead.to(codebook.device)] = (
+                        flat[pick.to(flat.device)] + 0.01 * torch.randn(n_dead, flat.shape[1], device=flat.device))
+                    last_used[dead] = step
+            writer.add_scalar("vq/restarted_codes", n_dead, step)
+
+        with torch.no_grad():
+            train_psnr = float(psnr((rec.clamp(-1, 1) + 1) / 2, hr.to(cfg.device)).mean())
+        loss, l1, mse, commit = (v.detach() for v in (loss, l1, mse, commit))
+        entry = {"step": step, "loss": float(loss), "l1": float(l1), "mse": float(mse),
+                 "commit": float(commit), "psnr": train_psnr, "lr": lr,
+                 "codes_used": int(used.sum()), "latent_std": float(z.detach().std())}
+        history.append(entry)
+        for key in ("loss", "l1", "mse", "commit", "psnr", "lr", "codes_used", "latent_std"):
+            writer.add_scalar(f"vq/{key}", entry[key], step)
+        finished = clock.done(step)
+        if step % cfg.val_every == 0 or finished:
+            val = vq_validate(vqvae, val_hr, cfg.device)
+            best_val = val if best_val is None else max(best_val, val)
+            history.append({"step": step, "val": val, "val_name": "validation PSNR (dB)"})
+            writer.add_scalar("vq/val_psnr", val, step)
+            tqdm.write(f"vq step {step}: validation PSNR {val:.2f} dB (best {best_val:.2f}), "
+                       f"lr {lr:.2e}, codes used {entry['codes_used']}, latent std "
+                       f"{entry['latent_std']:.2f}", file=sys.stderr)
+        if step % cfg.checkpoint_every == 0 or finished:
+            save()
+        bar.update(1)
+        if step % 10 == 0:
+            now = time.monotonic()
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", psnr=f"{train_psnr:.2f}",
+                            codes=entry["codes_used"], s_per_step=f"{(now - t_last) / 10:.2f}")
+            t_last = now
+    bar.close()
+    save()
+    writer.flush()
+    if stop:
+        print(f"vq: stopped at step {step} ({stop.reason}); checkpoint saved", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- stage 2: UNet
+
+
+@torch.no_grad()
+def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
+                   limit: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Latents (float32) and LR images (uint8) of whole images of a split, one tensor per image."""
+    ds = PairDataset(DataConfig(source=cfg.data, split=split, hr_size=cfg.unet_crop, scale=4,
+                                crop="full", seed=cfg.seed), device="cpu")
+    latents: list[torch.Tensor] = []
+    lrs: list[torch.Tensor] = []
+    groups = list(ds.indices_by_shape().values())
+    if limit is not None:
+        # A spread of validation images of the most common shape.
+        biggest = groups[0]
+        groups = [biggest[torch.linspace(0, len(biggest) - 1, min(limit, len(biggest))).round().long()]]
+    total = sum(len(g) for g in groups)
+    bar = tqdm(total=total, desc=f"encode {split}", disable=not cfg.progress, mininterval=10)
+    vqvae.eval()
+    for group in groups:
+        for chunk in group.split(16):
+            batch = ds.pairs(chunk)
+            z = vqvae.encode(batch.hr.to(cfg.device) * 2 - 1).latents.float().cpu()
+            latents.extend(z.unbind(0))
+            lrs.extend((batch.lr * 255).round().to(torch.uint8).unbind(0))
+            bar.update(len(chunk))
+    bar.close()
+    return latents, lrs
+
+
+def crop_batch(latents: list[torch.Tensor], lrs: list[torch.Tensor], batch_size: int, side: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned random (latent, LR) crops of ``side`` latent pixels from random images."""
+    picks = torch.randint(0, len(latents), (batch_size,), generator=generator).tolist()
+    zs, xs = [], []
+    for i in picks:
+        z, lr = latents[i], lrs[i]
+        h, w = z.shape[-2:]
+        top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+        zs.append(z[:, top: top + side, left: left + side])
+        xs.append(lr[:, top: top + side, left: left + side])
+    return torch.stack(zs), torch.stack(xs).float() / 255
+
+
+def unet_loss(unet: torch.nn.Module, noise_scheduler: DDPMScheduler, z0: torch.Tensor,
+              lr: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Epsilon-prediction MSE on concat(z_t, 2 * LR - 1), as the pipeline feeds the UNet."""
+    z_t = noise_scheduler.add_noise(z0, noise, t)
+    pred = unet(torch.cat([z_t, lr * 2 - 1], dim=1), t).sample
+    return F.mse_loss(pred, noise)
+
+
+def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
+    out = Path(cfg.out)
+    vq_path, ckpt_path = out / "vq" / "checkpoint.pt", out / "unet" / "checkpoint.pt"
+    if not vq_path.exists():
+        raise FileNotFoundError(f"unet: needs a trained VQ at {vq_path}; run the vq stage first")
+    vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
+    load_vq_weights(model, vq_ckpt)
+    vqvae = model.vqvae.to(cfg.device).eval().requires_grad_(False)
+    unet = model.unet.to(cfg.device).train().requires_grad_(True)
+    noise_scheduler = DDPMScheduler.from_config(model.scheduler.config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    step, history, best_val, seconds = 0, [], None, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["vq_step"] != vq_ckpt["step"]:
+            raise RuntimeError(
+                f"unet: its checkpoint was trained on the VQ at step {ckpt['vq_step']}, but the VQ "
+                f"is now at step {vq_ckpt['step']}: its latents changed. Move {ckpt_path} away to "
+                "retrain the UNet on the new VQ."
+            )
+        unet.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        step, history, best_val = ckpt["step"], ckpt["history"], ckpt.get("best_val")
+        seconds = ckpt.get("seconds", 0.0)
+        generator.set_state(ckpt["generator"])
+        print(f"unet: resumed at step {step} from {ckpt_path}", file=sys.stderr)
+    if StageClock(cfg.unet_steps, cfg.unet_minutes, seconds).done(step):
+        print(f"unet: already done (step {step}, {seconds / 60:.1f} min; --unet-steps "
+              f"{cfg.unet_steps}, --unet-minutes {cfg.unet_minutes})", file=sys.stderr)
+        return
+
+    cache_path = out / "unet" / "latents.pt"
+    cache = torch.load(cache_path, weights_only=False) if cache_path.exists() else None
+    if cache is None or cache["vq_step"] != vq_ckpt["step"]:
+        t0 = time.monotonic()
+        train = encode_dataset(cfg, vqvae, "train")
+        val = encode_dataset(cfg, vqvae, "validation", limit=cfg.val_images)
+        cache = {"vq_step": vq_ckpt["step"], "train": train, "val": val}
+        atomic_save(cache, cache_path)
+        print(f"unet: encoded {len(train[0])} training images in {time.monotonic() - t0:.0f} s",
+              file=sys.stderr)
+    train_latents, train_lrs = cache["train"]
+    all_z = torch.cat([z.flatten() for z in train_latents[:200]])
+    print(f"unet: latent mean {all_z.mean():.3f} std {all_z.std():.3f}", file=sys.stderr)
+    side = cfg.unet_crop // 4
+    val_gen = torch.Generator().manual_seed(1234)
+    val_z, val_lr = crop_batch(*cache["val"], 64, side, val_gen)
+    val_noise = torch.randn(val_z.shape, generator=val_gen)
+    val_t = torch.linspace(0, noise_scheduler.config.num_train_timesteps - 1, 64).long()
+    val_z, val_lr, val_noise, val_t = (v.to(cfg.device) for v in (val_z, val_lr, val_noise, val_t))
+
+    def save() -> None:
+        atomic_save({"model": unet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "ema": ema.state_dict() if ema is not None else None, "history": history,
+                     "best_val": best_val, "generator": generator.get_state(),
+                     "vq_step": vq_ckpt["step"], "seconds": clock.seconds, "config": asdict(cfg)},
+                    ckpt_path)
+        plot_history(history, out / "loss_unet.png", "conditional UNet (epsilon MSE)")
+
+    @torch.no_grad()
+    def validate() -> float:
+        """Epsilon MSE of the EMA weights on fixed validation crops, timesteps and noise."""
+        unet.eval()
+        if ema is not None:
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+        loss = float(unet_loss(unet, noise_scheduler, val_z, val_lr, val_noise, val_t))
+        if ema is not None:
+            ema.restore(unet.parameters())
+        unet.train()
+        return loss
+
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=5)
+    t_last = time.monotonic()
+    num_t = noise_scheduler.config.num_train_timesteps
+    # Started after the latent cache: encoding is not training time.
+    clock = StageClock(cfg.unet_steps, cfg.unet_minutes, seconds)
+    while not clock.done(step) and not stop:
+        lr = lr_at(step, peak=cfg.unet_lr, warmup=cfg.unet_warmup, progress=clock.progress(step),
+                   min_ratio=cfg.unet_min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        z0, lr_img = crop_batch(train_latents, train_lrs, cfg.unet_batch_size, side, generator)
+        noise = torch.randn(z0.shape, generator=generator)
+        t = torch.randint(0, num_t, (z0.shape[0],), generator=generator)
+        z0, lr_img, noise, t = (v.to(cfg.device) for v in (z0, lr_img, noise, t))
+        loss = unet_loss(unet, noise_scheduler, z0, lr_img, noise, t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = loss.detach()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.step(unet.parameters())
+        step += 1
+        history.append({"step": step, "loss": float(loss), "lr": lr})
+        writer.add_scalar("unet/loss", float(loss), step)
+        writer.add_scalar("unet/lr", lr, step)
+        finished = clock.done(step)
+        if step % cfg.val_every == 0 or finished:
+            val = validate()
+            best_val = val if best_val is None else min(best_val, val)
+            history.append({"step": step, "val": val, "val_name": "validation eps-MSE (EMA)"})
+            writer.add_scalar("unet/val_loss", val, step)
+            tqdm.write(f"unet step {step}: validation eps-MSE {val:.4f} (best {best_val:.4f}), "
+                       f"lr {lr:.2e}", file=sys.stderr)
+        if step % cfg.checkpoint_every == 0 or finished:
+            save()
+        bar.update(1)
+        if step % 10 == 0:
+            now = time.monotonic()
+            bar.set_postfix(loss=f"{float(loss):.4f}", s_per_step=f"{(now - t_last) / 10:.2f}")
+            t_last = now
+    bar.close()
+    save()
+    writer.flush()
+    if stop:
+        print(f"unet: stopped at step {step} ({stop.reason}); checkpoint saved", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
+    """On resume the saved architecture wins; a conflicting one on the command line is an error."""
+    saved_path = Path(cfg.out) / "run_config.json"
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())["config"]
+        explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+        for name in ARCH_FIELDS:
+            value = saved[name]
+            value = tuple(value) if isinstance(value, list) else value
+            if name in explicit and getattr(cfg, name) != value:
+                raise SystemExit(f"--{name.replace('_', '-')}: the run in {cfg.out} was built with "
+                                 f"{value}, not {getattr(cfg, name)}; use a new --out")
+            setattr(cfg, name, value)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = resolve_config(parse_args(argv), argv)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    command = [sys.executable, str(Path(__file__).resolve()), *argv]
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(out / "commands.log", "a") as log:
+        log.write(f"{started} {' '.join(command)}\n")
+    export_folder = Path(cfg.export) if cfg.export else out / "export"
+    if cfg.export_only:
+        # The record of the training invocation stays: an export changes no training setting.
+        export(cfg, export_folder)
+        return 0
+    record = {"config": asdict(cfg), "command": command, "started": started,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "niceness": os.nice(0), "host": os.uname().nodename}
+    atomic_write_text(json.dumps(record, indent=2) + "\n", out / "run_config.json")
+    torch.manual_seed(cfg.seed)
+    stop = StopFlag(out, cfg.max_minutes)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    unknown = set(stages) - {"vq", "unet"}
+    if unknown:
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; use vq, unet")
+    with contextlib.closing(writer), contextlib.closing(stop):
+        model = build_model(cfg)
+        if "vq" in stages:
+            train_vq(cfg, model, writer, stop)
+        if "unet" in stages and not stop:
+            train_unet(cfg, model, writer, stop)
+    if not cfg.no_export:
+        export(cfg, export_folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
