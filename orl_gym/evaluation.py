@@ -88,7 +88,8 @@ class MethodResult:
     images: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # image_index -> sr/hr/lr
 
     def column(self, key: str) -> np.ndarray:
-        return np.array([row[key] for row in self.rows], dtype=np.float64)
+        """One metric over the images; NaN where a metric was not computed (e.g. LPIPS disabled)."""
+        return np.array([row.get(key, math.nan) for row in self.rows], dtype=np.float64)
 
 
 def evaluate_method(
