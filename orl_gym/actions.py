@@ -7,7 +7,12 @@ Each coordinate controls one sampler parameter, mapped linearly from [-1, 1] ont
 | stride        | 1 .. max_stride  | schedule entries to advance (equal-width bins of [-1, 1]) |
 | eta           | 0 .. 1           | DDIM stochasticity                                          |
 | noise_scale   | 0 .. 2           | multiplier of the fresh noise (1 = DDIM's own)              |
-| guidance      | 0 .. 1           | LR-consistency guidance strength (fraction of LR error removed) |
+| guidance      | off, or 0 .. 1   | LR-consistency guidance strength (fraction of LR error removed) |
+
+Guidance costs a decoder forward and backward per guided step, so "off" is a choice of its own:
+the lower ``guidance_off_fraction`` (default half) of its coordinate turns guidance off, and the
+rest maps linearly onto (low, high] of ``guidance_range``. (Without the off zone, exact zero
+would have probability zero under a Gaussian policy.)
 
 The active set and the ranges are configurable (``ActionConfig``); inactive parameters take their
 ``defaults`` (stride 1, eta 0, noise scale 1, guidance 0: plain DDIM). NaN or inf in an action
@@ -38,6 +43,7 @@ class ActionConfig:
     eta_range: tuple[float, float] = (0.0, 1.0)
     noise_scale_range: tuple[float, float] = (0.0, 2.0)
     guidance_range: tuple[float, float] = (0.0, 1.0)
+    guidance_off_fraction: float = 0.5
     defaults: Mapping[str, float] = field(
         default_factory=lambda: {"stride": 1, "eta": 0.0, "noise_scale": 1.0, "guidance": 0.0}
     )
@@ -57,6 +63,8 @@ class ActionConfig:
             object.__setattr__(self, name, (low, high))
             if not 0.0 <= low <= high:
                 raise ValueError(f"{name}: expected 0 <= low <= high, got {(low, high)}")
+        if not 0.0 <= float(self.guidance_off_fraction) < 1.0:
+            raise ValueError(f"guidance_off_fraction: expected a value in [0, 1), got {self.guidance_off_fraction}")
         if self.eta_range[1] > 1.0:
             raise ValueError(f"eta_range: eta must stay in [0, 1], got {self.eta_range}")
 
@@ -100,6 +108,10 @@ def decode_action(action: np.ndarray | torch.Tensor, config: ActionConfig, *, de
         elif name == "stride":
             # Equal-width bins of [-1, 1], one per stride 1 .. max_stride.
             value = unit[:, config.parameters.index(name)] * config.max_stride + 1.0
+        elif name == "guidance":
+            off = config.guidance_off_fraction
+            on = ((unit[:, config.parameters.index(name)] - off) / (1.0 - off)).clamp(min=0.0)
+            value = torch.where(on > 0, low + on * (high - low), torch.zeros_like(on))
         else:
             value = low + unit[:, config.parameters.index(name)] * (high - low)
         if name == "stride":
@@ -128,6 +140,14 @@ def encode_params(config: ActionConfig, **values: float) -> np.ndarray:
             if value != int(value):
                 raise ValueError(f"stride: expected an integer, got {value}")
             unit = (value - 0.5) / config.max_stride  # the middle of its bin
+        elif name == "guidance":
+            off = config.guidance_off_fraction
+            if value == 0.0:
+                unit = off / 2.0  # the middle of the off zone
+            else:
+                if value <= low:
+                    raise ValueError(f"guidance: {value} must be 0 (off) or in ({low}, {high}]")
+                unit = off + (value - low) / (high - low) * (1.0 - off)
         else:
             unit = 0.5 if high == low else (value - low) / (high - low)
         action[config.parameters.index(name)] = 2.0 * unit - 1.0

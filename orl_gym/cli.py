@@ -135,7 +135,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     from orl_gym.actions import ActionConfig, encode_params
     from orl_gym.agents import algorithm_class
     from orl_gym.evaluation import (
-        DEFAULT_GRID,
+        GRIDS,
         SB3Policy,
         constant_policy,
         evaluate_method,
@@ -174,12 +174,13 @@ def evaluate(args: argparse.Namespace) -> Path:
     results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
     grid_note = "grid search skipped (--no-grid)"
     if not args.no_grid:
-        action, setting, _ = grid_search_constant_action(env_kwargs, actions, grid=DEFAULT_GRID, split="validation",
-                                                         num_envs=args.n_envs, max_images=args.grid_max_images,
-                                                         seed=args.seed)
+        grid = GRIDS[args.grid]
+        action, setting, table = grid_search_constant_action(env_kwargs, actions, grid=grid, split="validation",
+                                                             num_envs=args.n_envs, max_images=args.grid_max_images,
+                                                             seed=args.seed)
         results.append(evaluate_method("best constant", constant_policy(action), env_kwargs, **common))
-        grid_note = (f"best constant action {setting} from a grid of {len(DEFAULT_GRID['stride']) * len(DEFAULT_GRID['eta']) * len(DEFAULT_GRID['noise_scale']) * len(DEFAULT_GRID['guidance'])} "
-                     f"settings, chosen by mean reward on {args.grid_max_images} validation images")
+        grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings, "
+                     f"chosen by mean reward on {args.grid_max_images} validation images")
     results.append(evaluate_method("RL", SB3Policy(model), env_kwargs, **common))
     header = "\n".join([
         f"# Evaluation of {model_path} ({algo})",
@@ -208,7 +209,7 @@ def demo(args: argparse.Namespace) -> int:
                                     eval_images=64, no_progress=args.no_progress)
     train(train_args)
     eval_args = argparse.Namespace(run_or_model=str(run_dir), split="test", categories=None, n_envs=64,
-                                   max_images=args.eval_images, seed=0, grid_images=4, no_grid=False,
+                                   max_images=args.eval_images, seed=0, grid_images=4, no_grid=False, grid="quick",
                                    grid_max_images=64, out=None, algo=None, env=None, device=None)
     out_dir = evaluate(eval_args)
     minutes = (time.perf_counter() - start) / 60
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=64, help="images per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-grid", action="store_true", help="skip the best-constant-action grid search")
+    p.add_argument("--grid", default="full", choices=("full", "quick"),
+                   help="constant-action grid: full (36 settings) or quick (6, no guidance)")
     p.add_argument("--grid-max-images", type=int, default=64, help="validation images per grid setting")
     p.add_argument("--grid-images", type=int, default=4, help="images in the comparison PNG")
     p.add_argument("--out", help="output folder (default: RUN/evaluation)")

@@ -27,6 +27,7 @@ from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 __all__ = [
     "DEFAULT_GRID",
+    "GRIDS",
     "MethodResult",
     "SB3Policy",
     "constant_policy",
@@ -44,6 +45,11 @@ BICUBIC = {"psnr": "bicubic_psnr", "ssim": "bicubic_ssim", "lpips": "bicubic_lpi
 # The constant-action grid: 3 x 3 x 2 x 2 = 36 settings of (stride, eta, noise scale, guidance).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "stride": (1, 2, 4), "eta": (0.0, 0.5, 1.0), "noise_scale": (0.8, 1.0), "guidance": (0.0, 0.3),
+}
+# A quick grid for CPU demos: 3 x 2 = 6 settings, no guidance (its decoder passes dominate CPU time).
+GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
+    "full": DEFAULT_GRID,
+    "quick": {"stride": (1, 2, 4), "eta": (0.0, 1.0), "noise_scale": (1.0,), "guidance": (0.0,)},
 }
 
 
