@@ -203,14 +203,18 @@ def demo(args: argparse.Namespace) -> int:
     """Train PPO briefly on the bundled model (CPU preset), then evaluate per category."""
     run_dir = Path(args.run_dir or DEFAULT_RUNS / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     start = time.perf_counter()
-    train_args = argparse.Namespace(algo="ppo", env="tiny-x4", timesteps=args.timesteps, n_envs=64, seed=42,
-                                    run_dir=str(run_dir), resume=None, model=args.model, data=args.data,
-                                    device=args.device, agent_device="cpu", eval_freq=args.timesteps // 4,
-                                    eval_images=64, no_progress=args.no_progress)
-    train(train_args)
-    eval_args = argparse.Namespace(run_or_model=str(run_dir), split="test", categories=None, n_envs=64,
-                                   max_images=args.eval_images, seed=0, grid_images=4, no_grid=False, grid="quick",
-                                   grid_max_images=64, out=None, algo=None, env=None, device=None)
+    overrides = [flag for key in ("model", "data", "device") if getattr(args, key)
+                 for flag in (f"--{key}", getattr(args, key))]
+    parser = build_parser()
+    train(parser.parse_args([
+        "train", "--algo", "ppo", "--env", "tiny-x4", "--timesteps", str(args.timesteps), "--n-envs", "64",
+        "--seed", "42", "--run-dir", str(run_dir), "--eval-freq", str(max(args.timesteps // 4, 1)),
+        "--eval-images", "64", *overrides, *(["--no-progress"] if args.no_progress else []),
+    ]))
+    eval_args = parser.parse_args([
+        "evaluate", str(run_dir), "--split", "test", "--n-envs", "64", "--max-images", str(args.eval_images),
+        "--grid", "quick", "--grid-max-images", "64", "--grid-images", "4",
+    ])
     out_dir = evaluate(eval_args)
     minutes = (time.perf_counter() - start) / 60
     print(f"\norl-gym demo finished in {minutes:.1f} min.\n"

