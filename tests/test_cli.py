@@ -92,3 +92,17 @@ def test_demo_end_to_end(tiny_model, data_root, lpips_cache, tmp_path, monkeypat
     for name in ("reward_curve.png", "evaluation/comparison.png", "evaluation/table.md", "config.yaml"):
         assert (run / name).is_file(), name
     assert "LPIPS" in (run / "evaluation" / "table.md").read_text()
+
+
+def test_missing_lpips_weights_name_the_fetch_command(preset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ORL_GYM_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    from orl_gym import env as env_module
+
+    env_module._cached_reward_model.cache_clear()  # a reward model built earlier may hold weights
+    with_lpips = tmp_path / "with-lpips.yml"
+    config = yaml.safe_load(preset.read_text())
+    config["reward"] = {"lpips_net": "alex"}
+    with_lpips.write_text(yaml.safe_dump(config))
+    assert main(["train", "--env", str(with_lpips), "--timesteps", "8", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "fetch-weights" in capsys.readouterr().err
