@@ -170,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     model = algorithm_class(algo).load(model_path, device="cpu")
     actions = ActionConfig(**env_kwargs.get("actions", {}))
     common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
-                  seed=args.seed, keep_images=range(args.grid_images))
+                  seed=args.seed, keep_images=args.grid_images)
     results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
     grid_note = "grid search skipped (--no-grid)"
     if not args.no_grid:

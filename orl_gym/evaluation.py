@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,17 +108,22 @@ def evaluate_method(
     num_envs: int = 64,
     max_images: int | None = None,
     seed: int = 0,
-    keep_images: Iterable[int] = (),
+    keep_images: int = 0,
     progress: bool = True,
 ) -> MethodResult:
-    """Run ``policy`` until every image of the split (or the first ``max_images``) finished once."""
+    """Run ``policy`` until every image of the split (or ``max_images`` of them) finished once.
+
+    ``keep_images`` images, spread over the split, keep their SR / HR / LR tensors for figures.
+    """
     kwargs = {**env_kwargs, "split": split, "crop": "center", "image_order": "sequential", "max_images": max_images}
     if categories:
         kwargs["categories"] = tuple(categories)
     wanted = len(build_params(EnvConfig.from_kwargs(**kwargs)).image_pool)  # cached: no second load
     env = LDMSuperResolutionVectorEnv(num_envs=min(num_envs, wanted), **kwargs)
-    pool_position = {int(index): i for i, index in enumerate(env.params.image_pool)}
-    keep = set(keep_images)
+    pool = env.params.image_pool
+    pool_position = {int(index): i for i, index in enumerate(pool)}
+    # Keep the images of `keep_images` positions spread over the pool (so over the classes).
+    keep = {int(pool[i]) for i in np.linspace(0, len(pool) - 1, keep_images).round().astype(int)} if keep_images else set()
     obs, _ = env.reset(seed=seed)
     episode_start = np.ones(env.num_envs, dtype=bool)
     results: dict[int, dict[str, float]] = {}
