@@ -37,8 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--env-steps", type=int, default=20_000)
+    parser.add_argument("--warmup-fraction", type=float, default=0.1)
+    parser.add_argument("--mmap-threshold", type=int, default=None,
+                        help="glibc M_MMAP_THRESHOLD in bytes (mallopt): blocks above it are mmap'd and "
+                             "returned to the OS when freed; default: glibc's own (dynamic) threshold")
     parser.add_argument("--out", default="experiments/results/soak_env.md")
     args = parser.parse_args(argv)
+    if args.mmap_threshold is not None:
+        import ctypes
+
+        # M_MMAP_THRESHOLD = -3 in glibc's malloc.h. Without it, glibc raises its threshold as large
+        # tensors are freed and keeps them in the heap: resident memory ratchets up with each new
+        # peak of fragmentation although nothing leaks.
+        if ctypes.CDLL("libc.so.6").mallopt(-3, args.mmap_threshold) != 1:
+            raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed (glibc only)")
     kwargs = env_preset(args.preset)
     kwargs.update(device="cpu", dtype="float32")
     if args.model:
@@ -51,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     batched_steps = -(-args.env_steps // args.num_envs)
-    warmup = max(1, batched_steps // 10)
+    warmup = max(1, int(batched_steps * args.warmup_fraction))
     samples, episodes = [], 0
     start = time.perf_counter()
     for _ in tqdm(range(batched_steps), desc="soak", unit="step"):
@@ -66,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Soak: resident memory of the batched env",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {machine_description('cpu')}",
+        f"Machine: {machine_description('cpu')}; glibc mmap threshold: "
+        f"{'default (dynamic)' if args.mmap_threshold is None else args.mmap_threshold}",
         "",
         f"- {batched_steps * args.num_envs} env steps ({batched_steps} batched steps at N = {args.num_envs}), "
         f"{episodes} episodes finished, {seconds:.0f} s",
