@@ -436,6 +436,12 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None) -> s
                "shared with other jobs")
     if cfg.device != "cpu":
         machine = cfg.device
+    log_path = Path(cfg.out) / "commands.log"
+    commands = [line.strip() for line in (log_path.read_text().splitlines() if log_path.exists() else [])
+                if line.strip() and "--export-only" not in line]
+    # Free-text remarks about the run (e.g. an interruption) that belong in the card.
+    notes_path = Path(cfg.out) / "card_notes.md"
+    notes = ["", notes_path.read_text().strip()] if notes_path.exists() else []
     return "\n".join([
         "Data: the `train` split of `$ORL_GYM_DATA` = UC Merced Land Use (256x256, ~0.3 m/px) + "
         "AID (150x150 copy, ~2 m/px), split per image by orl_gym.data's seeded identity hash "
@@ -445,8 +451,13 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None) -> s
         "",
         *lines,
         "",
-        f"Machine: {machine}; torch {torch.__version__}. Command line(s): `{Path(cfg.out).name}/commands.log` "
-        "of the run; the resolved configuration is stored in every checkpoint.",
+        f"Machine: {machine}; torch {torch.__version__}. The resolved configuration is stored in "
+        "every checkpoint. Training invocations of the run (each resumes the previous one):",
+        "",
+        "```",
+        *commands,
+        "```",
+        *notes,
     ])
 
 
@@ -534,6 +545,8 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
     old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
     (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, unet_ckpt if unet_step else None, old_card))
+    if (folder / "eval_results.json").exists():  # the raw numbers behind the card's table
+        shutil.copy2(folder / "eval_results.json", tmp / "eval_results.json")
     old = folder.with_name(folder.name + ".old-export")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
