@@ -482,7 +482,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "model = load_ldmsr(\"bundled\")  # float32",
         "from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (",
         "    LDMSuperResolutionPipeline)",
-        "pipe = LDMSuperResolutionPipeline.from_pretrained(bundled_model_path(), torch_dtype=torch.float32)",
+        "pipe = LDMSuperResolutionPipeline.from_pretrained(bundled_model_path(), dtype=torch.float32)",
         "# lr: (B, 3, h, w) in [0, 1]; the pipeline takes tensors in [-1, 1]",
         "sr = pipe(lr * 2 - 1, num_inference_steps=100, eta=0.0, output_type=\"pt\").images",
         "```",

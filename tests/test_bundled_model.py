@@ -70,7 +70,7 @@ def test_diffusers_pipeline_from_pretrained_runs_two_steps(real_pair):
         LDMSuperResolutionPipeline,
     )
 
-    pipe = LDMSuperResolutionPipeline.from_pretrained(str(bundled_model_path()), torch_dtype=torch.float32)
+    pipe = LDMSuperResolutionPipeline.from_pretrained(str(bundled_model_path()), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.dtype == torch.float32
     images = pipe(real_pair.lr * 2 - 1, num_inference_steps=2, eta=0.0, output_type="pt",
