@@ -246,6 +246,12 @@ def init_state(
     if not lr.is_floating_point():
         raise ValueError(f"lr: expected a float tensor in [0, 1], got dtype {lr.dtype} (divide uint8 by 255)")
     batch, _, height, width = lr.shape
+    multiple = 2 ** (len(model.unet.config.block_out_channels) - 1)  # the UNet halves this often
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"lr: {height}x{width} is not a multiple of {multiple} on each side, which this UNet's "
+            f"down/up-sampling needs; crop the HR image to a multiple of {multiple * 4} px for x4"
+        )
     if len(generators) != batch:
         raise ValueError(f"generators: expected {batch} (one per sample), got {len(generators)}")
     if not bool(torch.isfinite(lr).all()) or float(lr.min()) < 0.0 or float(lr.max()) > 1.0:
