@@ -141,21 +141,6 @@ class SamplerState:
         t = schedule.timesteps[self.step_index.clamp(max=len(schedule) - 1)]
         return torch.where(self.done(schedule), torch.full_like(t, -1), t)
 
-    def where(self, mask: torch.Tensor, other: SamplerState) -> SamplerState:
-        """Per sample: ``other`` where mask is True, else self (how a vector env resets by mask)."""
-
-        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), b, a)
-
-        gens = tuple(g_o if m else g_s for g_s, g_o, m in
-                     zip(self.generators, other.generators, mask.tolist(), strict=True))
-        return SamplerState(
-            latents=pick(self.latents, other.latents), lr=pick(self.lr, other.lr),
-            step_index=pick(self.step_index, other.step_index), nfe=pick(self.nfe, other.nfe),
-            guidance_evals=pick(self.guidance_evals, other.guidance_evals),
-            pred_original=pick(self.pred_original, other.pred_original), generators=gens,
-        )
-
 
 @dataclass(frozen=True)
 class StepParams:
