@@ -400,14 +400,14 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
             reference_nfe=len(params.schedule), baseline={k: v[rows] for k, v in state.baseline.items()},
         )
         reward = reward.index_add(0, rows, paid.reward.to(reward.dtype))
-        for key, value in paid.metrics.items():
+        # Every metric of the finished rows in one host copy (not one per metric).
+        names = [*paid.metrics, "unet_calls", "guidance_evals"]
+        stacked = torch.stack([*(v.detach().double() for v in paid.metrics.values()),
+                               new.sampler.nfe[rows].double(), new.sampler.guidance_evals[rows].double()])
+        for key, values in zip(names, stacked.cpu().numpy(), strict=True):
             column = np.full(state.batch_size, np.nan, dtype=np.float64)
-            column[finished_host] = value.detach().double().cpu().numpy()
+            column[finished_host] = values
             final_metrics[key] = column
-        unet_calls = np.full(state.batch_size, np.nan)
-        unet_calls[finished_host] = new.sampler.nfe[rows].cpu().numpy()
-        final_metrics["unet_calls"] = unet_calls
-        final_metrics["guidance_evals"] = np.where(finished_host, new.sampler.guidance_evals.cpu().numpy(), np.nan)
         # Which image each finished row was (CPU tensors: no sync), for per-image evaluation.
         final_metrics["image_index"] = np.where(finished_host, state.image_index.numpy(), -1).astype(np.float64)
         final_metrics["label"] = np.where(finished_host, state.labels.numpy(), -1).astype(np.float64)
