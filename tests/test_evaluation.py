@@ -8,10 +8,15 @@ import pytest
 from orl_gym.actions import ActionConfig, encode_params
 from orl_gym.data import DataConfig, PairDataset
 from orl_gym.evaluation import (
+    PolicyTrace,
     constant_policy,
     evaluate_method,
+    evaluate_upsampler,
     grid_search_constant_action,
     paired_interval,
+    paper_category,
+    plot_policy_trace,
+    plot_training_curves,
     write_report,
 )
 
@@ -63,3 +68,66 @@ def test_grid_search_picks_the_best_setting(env_kwargs):
     assert setting["stride"] in (1, 4) and max(row["reward"] for row in table) == next(
         row["reward"] for row in table if row["stride"] == setting["stride"])
     assert action.shape == (4,)
+
+
+def test_upsampler_scored_on_the_env_images_and_inputs(env_kwargs):
+    # The env's own bicubic baseline, run as a one-shot upsampler, must reproduce the env's
+    # bicubic metrics image by image: same images, same crops, same LR, same metric code.
+    from orl_gym.rewards import bicubic_upsample
+
+    plain = evaluate_method("No RL", constant_policy(encode_params(ActionConfig())), env_kwargs, split="train",
+                            num_envs=3, progress=False)
+    bicubic = evaluate_upsampler("bicubic", lambda lr: bicubic_upsample(lr, (lr.shape[-2] * 4, lr.shape[-1] * 4)),
+                                 env_kwargs, split="train", batch_size=2, keep_images=1, progress=False)
+    assert [r["image_index"] for r in bicubic.rows] == [r["image_index"] for r in plain.rows]
+    np.testing.assert_allclose(bicubic.column("psnr"), plain.column("bicubic_psnr"), rtol=1e-6)
+    np.testing.assert_allclose(bicubic.column("ssim"), plain.column("bicubic_ssim"), rtol=1e-6)
+    assert [r["category"] for r in bicubic.rows] == [r["category"] for r in plain.rows]
+    assert set(bicubic.column("unet_calls")) == {0.0} and np.isnan(bicubic.column("reward")).all()
+    assert len(bicubic.images) == 1
+
+
+def test_upsampler_of_the_wrong_scale_is_a_clear_error(env_kwargs):
+    import torch.nn.functional as F
+
+    with pytest.raises(ValueError, match="expected the HR shape"):
+        evaluate_upsampler("x2", lambda lr: F.interpolate(lr, scale_factor=2), env_kwargs, split="train",
+                           max_images=2, progress=False)
+
+
+def test_policy_trace_records_what_the_sampler_received(env_kwargs, tmp_path):
+    actions = ActionConfig()
+    action = encode_params(actions, stride=2, eta=0.5, guidance=0.3)
+    trace = PolicyTrace(constant_policy(action), actions, num_train_timesteps=1000)
+    result = evaluate_method("const", trace, env_kwargs, split="train", num_envs=2, max_images=2, progress=False)
+    assert len(result.rows) == 2 and trace.rows
+    assert {row["stride"] for row in trace.rows} == {2.0}
+    assert {round(row["eta"], 5) for row in trace.rows} == {0.5}
+    assert {round(row["guidance"], 5) for row in trace.rows} == {0.3}
+    # 4-step schedule at stride 2: every episode acts at its first and third timestep.
+    ts = sorted({row["t"] for row in trace.rows})
+    assert len(ts) == 2 and ts[-1] > ts[0] >= 0
+    path = plot_policy_trace(trace.rows, tmp_path / "policy.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="empty"):
+        plot_policy_trace([], tmp_path / "empty.png")
+
+
+def test_paper_categories_of_local_classes():
+    assert paper_category("aid150/Forest") == "Forest"
+    assert paper_category("ucmerced/forest") == "Forest"
+    assert paper_category("ucmerced/buildings") == "Business district"
+    assert paper_category("aid150/RailwayStation") == "Train station"
+    assert paper_category("railway_station") == "Train station"
+    assert paper_category("ucmerced/golfcourse") is None
+
+
+def test_training_curves_of_several_runs(tmp_path):
+    for name, offset in (("a", 0.0), ("b", 0.1)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "reward_curve.csv").write_text("timesteps,reward\n" + "".join(f"{i * 10},{offset + i / 100}\n"
+                                                                            for i in range(60)))
+        (run / "validation.csv").write_text(f"timesteps,reward\n100,{offset}\n600,{offset + 0.3}\n")
+    path = plot_training_curves({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

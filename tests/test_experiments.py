@@ -50,3 +50,26 @@ def test_compare_algorithms_same_budget(preset, tmp_path):
     table = (out / "compare_algorithms.md").read_text()
     assert "| No RL (default sampler) |" in table and "| a2c |" in table
     assert (out / "runs" / "a2c" / "config.yaml").is_file()
+
+
+def test_report_results_from_two_runs(preset, tmp_path):
+    runs = tmp_path / "runs"
+    for algo in ("ppo", "a2c"):
+        assert orl_gym(["train", "--algo", algo, "--env", str(preset), "--timesteps", "32", "--n-envs", "2",
+                        *(["--params", "n_steps=16", "batch_size=32"] if algo == "ppo" else []),
+                        "--eval-freq", "32", "--eval-images", "2", "--run-dir", str(runs / algo), "--no-progress"]) == 0
+    out = tmp_path / "results"
+    assert _script("report_results").main(["--runs", str(runs), "--others", "a2c", "--out", str(out), "--grid", "quick",
+                                           "--grid-max-images", "2", "--max-images", "5", "--n-envs", "2",
+                                           "--no-realesrgan"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "python experiments/report_results.py --runs" in readme  # the command that regenerates it
+    for line in ("| **all** | No RL | 5 |", "| **all** | best constant | 5 |", "| **all** | PPO | 5 |",
+                 "| **all** | A2C | 5 |", "| **all** | bicubic | 5 |"):
+        assert line in readme
+    assert "| PPO - No RL PSNR >= +1.0 dB |" in readme and "| A2C minus |" in readme
+    assert "Desert" in readme.split("Categories without test images here:")[1]  # not in UC Merced: reported
+    for name in ("comparison.png", "policy.png", "training_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 * 5  # header + 5 methods x 5 images
