@@ -7,19 +7,26 @@ An env step is one transition of one image, so 20,000 env steps at N = 64 are 31
 batched step; growth is measured from the end of the warm-up (the first 10% of steps, when
 allocator pools fill) to the end. The decoded-image cache is filled before the run (preload): its
 size is bounded by the split, so it is memory held by design, not growth. Target: under 5%.
+
+Resident memory mixes what the program holds with what the allocator keeps after ``free``. On
+glibc the script also samples ``mallinfo2()``: bytes in use by malloc (``uordblks + hblkhd``) and
+bytes free but kept in the heap (``fordblks``). A leak grows the first; allocator retention grows
+the second. Both series go to a PNG next to the Markdown file.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from orl_gym.configs import env_preset
-from orl_gym.io import atomic_write_text, machine_description
+from orl_gym.io import atomic_write_text, machine_description, save_figure
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 
@@ -29,6 +36,43 @@ def resident_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_mib() -> tuple[float, float] | None:
+    """(in use, free but retained) MiB from glibc's mallinfo2(); None where it does not exist."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+    info = libc.mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20, info.fordblks / 2**20
+
+
+def plot_memory(rss: list[float], malloc: list[tuple[float, float]] | None, warmup: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    steps = np.arange(1, len(rss) + 1)
+    ax.plot(steps, rss, label="resident (VmRSS)")
+    if malloc:
+        in_use, retained = (np.array(v) for v in zip(*malloc, strict=True))
+        ax.plot(steps, in_use, label="malloc in use (mallinfo2)")
+        ax.plot(steps, retained, label="freed, kept by glibc (mallinfo2)")
+    ax.axvline(warmup, color="gray", linestyle="--", label="end of warm-up")
+    ax.set_xlabel("batched step")
+    ax.set_ylabel("MiB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/results/soak_env.md")
     args = parser.parse_args(argv)
     if args.mmap_threshold is not None:
-        import ctypes
-
         # M_MMAP_THRESHOLD = -3 in glibc's malloc.h. Without it, glibc raises its threshold as large
         # tensors are freed and keeps them in the heap: resident memory ratchets up with each new
         # peak of fragmentation although nothing leaks.
@@ -64,15 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     env.reset(seed=0)
     batched_steps = -(-args.env_steps // args.num_envs)
     warmup = max(1, int(batched_steps * args.warmup_fraction))
-    samples, episodes = [], 0
+    samples, allocator, episodes = [], [], 0
     start = time.perf_counter()
     for _ in tqdm(range(batched_steps), desc="soak", unit="step"):
         _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
         episodes += int((terminated | truncated).sum())
         samples.append(resident_mib())
+        allocator.append(malloc_mib())
     seconds = time.perf_counter() - start
     base, end, peak = samples[warmup - 1], samples[-1], max(samples[warmup - 1:])
     growth = (end - base) / base * 100
+    malloc = None if None in allocator else allocator
+    figure = Path(args.out).with_suffix(".png")
+    plot_memory(samples, malloc, warmup, figure)
+    if malloc:
+        (use_base, kept_base), (use_end, kept_end) = malloc[warmup - 1], malloc[-1]
+        allocator_lines = [
+            f"- malloc in use (mallinfo2 uordblks + hblkhd): {use_base:.1f} MiB after warm-up, {use_end:.1f} MiB "
+            f"at the end: **{(use_end - use_base) / use_base * 100:+.2f}%** (a leak would grow this)",
+            f"- freed but kept in glibc's heap (fordblks): {kept_base:.1f} MiB after warm-up, {kept_end:.1f} MiB "
+            "at the end (allocator retention)",
+        ]
+    else:
+        allocator_lines = ["- mallinfo2() is not available here (not glibc >= 2.33): no allocator breakdown"]
     command = "python experiments/soak_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([
         "# Soak: resident memory of the batched env",
@@ -86,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- resident memory after warm-up ({warmup} batched steps): {base:.1f} MiB; at the end: {end:.1f} MiB; "
         f"peak after warm-up: {peak:.1f} MiB",
         f"- growth after warm-up: **{growth:+.2f}%** (target < 5%)",
+        *allocator_lines,
+        "",
+        f"![memory]({figure.name})",
         "",
     ])
     atomic_write_text(args.out, text)

@@ -35,7 +35,7 @@ from torch import nn
 
 from orl_gym import ENV_ID
 from orl_gym.configs import CONFIG_DIR
-from orl_gym.io import atomic_open, atomic_write_text
+from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = ["ALGORITHMS", "FlattenDictObservation", "LDMSRFeatureExtractor", "TrainingMonitor", "build_agent",
            "load_hyperparams", "plot_reward_curve", "save_model", "wrap_for"]
@@ -270,7 +270,4 @@ def plot_reward_curve(episodes: list[tuple[int, float]], validation: list[tuple[
     ax.set_title("Training reward")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_params
 from orl_gym.data import CATEGORY_ALIASES, PAPER_CATEGORIES
 from orl_gym.env import EnvConfig, build_params
-from orl_gym.io import atomic_open, atomic_write_text
+from orl_gym.io import atomic_open, atomic_write_text, save_figure
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 __all__ = [
@@ -385,10 +385,7 @@ def comparison_grid(results: Sequence[MethodResult], path: Path, *, count: int =
                 ax.set_title(title, fontsize=9)
         axes[i, 0].set_ylabel(results[0].rows[[r["image_index"] for r in results[0].rows].index(index)]["category"],
                               fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -425,10 +422,7 @@ def plot_policy_trace(trace: Sequence[Mapping[str, float]], path: Path, *, title
     axes[-1].set_title("steps taken at t")
     axes[-1].set_xlabel("timestep t")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -464,8 +458,5 @@ def plot_training_curves(runs: Mapping[str, Path], path: Path, *, title: str = "
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -56,6 +56,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, handle)
 
 
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it as PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def machine_description(device: str | torch.device = "cpu") -> str:
     """One line naming the machine a measurement ran on (CPU model and cores, GPU, versions)."""
     cpu = platform.processor() or platform.machine()
