@@ -25,13 +25,11 @@ figures), ``per_image.csv``, ``summary.json``, ``grid_search.csv``, ``comparison
 from __future__ import annotations
 
 import argparse
-import calendar
 import csv
 import json
 import math
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -65,25 +63,21 @@ NAMES = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG",
 
 
 def run_summary(run_dir: Path) -> dict:
-    """Algorithm, timesteps trained, wall time and the command of a run.
-
-    Both come from the last checkpoint (``checkpoints/latest.zip``, which survives a git clone):
-    SB3 stores ``num_timesteps`` and ``start_time`` (when ``learn()`` began, ns) in its ``data``
-    entry, and the zip entry's own timestamp is when the checkpoint was written (after the final
-    validation), so the wall time covers training and validation of the last ``learn()`` call.
-    """
+    """Algorithm, timesteps trained, wall time and the command of a run (its ``training.json``,
+    which ``orl-gym train`` writes with every checkpoint)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    with zipfile.ZipFile(run_dir / "checkpoints" / "latest.zip") as archive:
-        data = json.loads(archive.read("data"))
-        # Zip timestamps are local time without a zone; the runs here were written on UTC machines.
-        saved = calendar.timegm(archive.getinfo("data").date_time + (0, 0, 0))
-    minutes = (saved - int(data["start_time"]) / 1e9) / 60
+    record_path = run_dir / "training.json"
+    if not record_path.is_file():
+        raise SystemExit(f"report_results: {record_path} is missing; it is written by `orl-gym train` "
+                         "with each checkpoint (resume the run for one more checkpoint to write it)")
+    record = json.loads(record_path.read_text())
     # command.txt: one "<date> <time>  <command>" line per invocation (a resume adds one).
     lines = (run_dir / "command.txt").read_text().splitlines() if (run_dir / "command.txt").is_file() else []
     commands = [line.split("  ", 1)[-1].strip() for line in lines if line.strip()]
-    return {"algo": config["algo"], "timesteps": int(data["num_timesteps"]), "configured_timesteps": config["timesteps"],
-            "minutes": minutes, "commands": commands, "hyperparams": config["hyperparams"],
-            "n_envs": config["n_envs"], "seed": config["seed"]}
+    return {"algo": config["algo"], "timesteps": int(record["num_timesteps"]),
+            "configured_timesteps": config["timesteps"], "minutes": record["wall_seconds"] / 60,
+            "commands": commands, "hyperparams": config["hyperparams"], "n_envs": config["n_envs"],
+            "seed": config["seed"]}
 
 
 def with_paper_category(result: MethodResult) -> MethodResult:
@@ -300,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "The runs it evaluates were trained with (each run folder's `command.txt`):",
         "",
         *[f"- {NAMES.get(n, n)}: " + " then ".join(f"`{c}`" for c in s["commands"]) + f" — {s['timesteps']:,} "
-          f"timesteps, {fmt(s['minutes'], 1)} min wall (learn() start to the last checkpoint, from the "
-          f"checkpoint), seed {s['seed']}, {s['n_envs']} envs in one batch"
+          f"timesteps, {fmt(s['minutes'], 1)} min wall (training and its validation passes; the run's "
+          f"`training.json`), seed {s['seed']}, {s['n_envs']} envs in one batch"
           for n, s in summaries.items()],
         "",
         "## Setup",

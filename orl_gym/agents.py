@@ -15,7 +15,9 @@ needs 36x36; our CPU preset has 16x16 LR images), then joins the progress featur
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,7 +189,8 @@ class TrainingMonitor(BaseCallback):
 
     Files (in ``run_dir``): ``checkpoints/latest.zip``, ``checkpoints/best_model.zip``,
     ``reward_curve.csv`` / ``.png`` (episode reward against timesteps, the paper's Figure 3),
-    ``validation.csv`` (timesteps, mean validation reward).
+    ``validation.csv`` (timesteps, mean validation reward), ``training.json`` (timesteps and wall
+    time of every ``learn()`` call, so a run's cost is known without its large checkpoints).
     """
 
     def __init__(self, run_dir: Path, *, evaluate: Callable[[BaseAlgorithm], float] | None = None,
@@ -199,6 +202,7 @@ class TrainingMonitor(BaseCallback):
         self.validation: list[tuple[int, float]] = self._read_csv(self.run_dir / "validation.csv")
         self.best = max((r for _, r in self.validation), default=-math.inf)
         self._last_eval = self._last_checkpoint = 0
+        self._learning = False
 
     @staticmethod
     def _read_csv(path: Path) -> list[tuple[int, float]]:
@@ -209,6 +213,7 @@ class TrainingMonitor(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._last_eval = self._last_checkpoint = self.num_timesteps
+        self._learning = True  # start_time now belongs to this process's learn() call
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
@@ -225,7 +230,8 @@ class TrainingMonitor(BaseCallback):
     def run_validation(self) -> float:
         score = float(self.evaluate(self.model))
         self.validation.append((self.num_timesteps, score))
-        self.logger.record("eval/validation_reward", score)
+        if self._learning:  # a run reloaded only to validate has no logger (learn() sets it up)
+            self.logger.record("eval/validation_reward", score)
         if score > self.best:
             self.best = score
             save_model(self.model, self.run_dir / "checkpoints" / "best_model.zip")
@@ -240,6 +246,26 @@ class TrainingMonitor(BaseCallback):
         save_model(self.model, self.run_dir / "checkpoints" / "latest.zip")
         self._write_csv("reward_curve.csv", self.episodes)
         plot_reward_curve(self.episodes, self.validation, self.run_dir / "reward_curve.png")
+        if self._learning:  # a finished run reloaded only to validate adds no training time
+            record_training_segment(self.run_dir, start=self.model.start_time / 1e9, end=time.time(),
+                                    timesteps_start=int(self.model._num_timesteps_at_start),
+                                    timesteps_end=int(self.model.num_timesteps))
+
+
+def record_training_segment(run_dir: Path, *, start: float, end: float, timesteps_start: int,
+                            timesteps_end: int) -> dict:
+    """Add or update one ``learn()`` call (keyed by its start time) in ``run_dir/training.json``:
+    ``segments`` (start / end as Unix times, timesteps at both ends), ``num_timesteps`` and
+    ``wall_seconds`` (summed over the segments: a resumed run adds one)."""
+    path = Path(run_dir) / "training.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"segments": []}
+    segments = [s for s in record["segments"] if abs(s["start"] - start) > 1e-3]
+    segments.append({"start": start, "end": end, "timesteps_start": timesteps_start, "timesteps_end": timesteps_end})
+    segments.sort(key=lambda s: s["start"])
+    record = {"num_timesteps": timesteps_end, "wall_seconds": sum(s["end"] - s["start"] for s in segments),
+              "segments": segments}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def save_model(model: BaseAlgorithm, path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -35,11 +37,22 @@ def test_train_resume_and_evaluate(preset, tmp_path, capsys):
     assert config["algo"] == "ppo" and config["hyperparams"]["gamma"] == 0.99 and config["seed"] == 42
     assert config["hyperparams"]["n_steps"] == 16
 
+    first = json.loads((run / "training.json").read_text())
+    assert first["num_timesteps"] == 64 and len(first["segments"]) == 1 and first["wall_seconds"] > 0
+
     assert main(["train", "--resume", str(run), "--timesteps", "128", "--no-progress"]) == 0
     assert len((run / "command.txt").read_text().splitlines()) == 2
     from stable_baselines3 import PPO
 
     assert PPO.load(run / "checkpoints" / "latest.zip").num_timesteps >= 128
+    # The resume is a second learn() segment; the wall time is the sum of both.
+    record = json.loads((run / "training.json").read_text())
+    assert record["num_timesteps"] >= 128 and len(record["segments"]) == 2
+    assert record["segments"][1]["timesteps_start"] == 64
+    assert record["wall_seconds"] == pytest.approx(sum(s["end"] - s["start"] for s in record["segments"]))
+    # Reloading a finished run (nothing left to train) adds no segment.
+    assert main(["train", "--resume", str(run), "--timesteps", "128", "--no-progress"]) == 0
+    assert json.loads((run / "training.json").read_text()) == record
 
     capsys.readouterr()
     assert main(["evaluate", str(run), "--no-grid", "--n-envs", "4", "--grid-images", "2"]) == 0
