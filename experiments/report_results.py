@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     no_rl = evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, keep_images=keep, **common)
     best = evaluate_method("best constant", constant_policy(best_action), env_kwargs, keep_images=keep, **common)
     policies: dict[str, MethodResult] = {}
-    trace = None
+    trace, num_train = None, 1000
     for name, run_dir in runs.items():
         model = algorithm_class(summaries[name]["algo"]).load(run_dir / "checkpoints" / "best_model.zip", device="cpu")
         policy = SB3Policy(model)
@@ -255,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     # Figures.
     args.out.mkdir(parents=True, exist_ok=True)
     comparison_grid([*peers[1:], no_rl, best, main_rl], args.out / "comparison.png", count=keep)
+    # One bin per timestep of the default schedule: each point is what the policy chose there.
     plot_policy_trace(trace.rows, args.out / "policy.png", title=f"{main_rl.name}: sampler parameters chosen "
-                      f"on the test images, against the timestep t they were applied at")
+                      f"on the test images, against the timestep t they were applied at",
+                      bins=int(env_kwargs.get("num_inference_steps", 20)), num_train_timesteps=num_train)
     plot_training_curves({NAMES.get(n, n): d for n, d in runs.items()}, args.out / "training_curves.png")
 
     # Files.
