@@ -15,6 +15,7 @@ import argparse
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,10 @@ def train(args: argparse.Namespace) -> Path:
     remaining = max(0, config["timesteps"] - model.num_timesteps)
     print(f"orl-gym: training {config['algo']} on {config['env']} for {remaining} more timesteps "
           f"({config['n_envs']} envs in one batch); run folder {run_dir}", file=sys.stderr)
+    # SB3's progress bar is tqdm.rich, which warns that it is experimental on every run.
+    from tqdm import TqdmExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
     try:
         if remaining > 0:
             model.learn(total_timesteps=remaining, callback=monitor, progress_bar=not args.no_progress,
