@@ -45,6 +45,7 @@ from orl_gym.evaluation import (
     MethodResult,
     PolicyTrace,
     SB3Policy,
+    bicubic_result,
     comparison_grid,
     constant_policy,
     evaluate_method,
@@ -162,9 +163,7 @@ def trace_summary(trace: list[dict[str, float]]) -> list[str]:
     lines = ["| t range | steps | stride (mean) | eta (mean) | noise scale (mean) | guidance on (share) | guidance (mean when on) |",
              "|---|---|---|---|---|---|---|"]
     for low, high in ((667, 1000), (334, 667), (0, 334)):
-        pick = (t >= low) & (t < high) if low > 0 else (t >= 0) & (t < high)
-        if high == 1000:
-            pick = t >= low
+        pick = (t >= low) & ((t < high) | (high == 1000))  # the first third includes t = 1000
         if not pick.any():
             continue
         column = {name: np.array([row[name] for row in trace])[pick] for name in PARAMETERS}
@@ -235,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             num_train = load_ldmsr(env_kwargs.get("model", "bundled")).num_train_timesteps
             policy = trace = PolicyTrace(policy, actions, num_train_timesteps=num_train)
         policies[name] = evaluate_method(NAMES.get(name, name), policy, env_kwargs, keep_images=keep, **common)
-    # The env scores bicubic for every image (the reward's baseline); 0 reward by definition.
-    bicubic_rows = [{**row, "psnr": row["bicubic_psnr"], "ssim": row["bicubic_ssim"],
-                     "lpips": row.get("bicubic_lpips", math.nan), "unet_calls": 0.0, "nfe": 0.0,
-                     "seconds": math.nan, "reward": 0.0} for row in no_rl.rows]
-    bicubic = MethodResult("bicubic", bicubic_rows)
-    peers = [bicubic]
+    peers = [bicubic_result(no_rl)]
     if not args.no_realesrgan:
         from orl_gym.realesrgan import load_realesrgan_x4plus
 

