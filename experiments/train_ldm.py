@@ -11,6 +11,10 @@ for ``--vq-restart-every`` steps are re-seeded from encoder outputs of the curre
 restart), which is what keeps a small-batch CPU run from collapsing onto a few codes. The decoder
 sees the straight-through quantized latents, as ``vqvae.decode`` quantizes at inference.
 
+Stage 1b (``decoder``, optional): fine-tunes ``post_quant_conv`` + decoder on larger crops with the
+encoder, ``quant_conv`` and codebook frozen. The latents stay the same, so a UNet trained on them
+stays valid and can be trained on concurrently; the best-validation decoder weights are exported.
+
 Stage 2 (``unet``): UNet2DModel on ``concat(z_t, 2 * LR - 1)`` (6 channels), epsilon prediction,
 ``z_t = DDPMScheduler.add_noise(z_0, eps, t)`` with the reference schedule (scaled_linear
 0.0015..0.0155, 1000 steps), ``z_0 = vqvae.encode(hr).latents`` of the frozen VQ (pre-quantization
@@ -22,6 +26,7 @@ Output folder (``--out``)::
 
     run_config.json        resolved configuration of the latest invocation (+ commands.log: all)
     vq/checkpoint.pt       model, optimizer, step, history, RNG state (atomic: temp + os.replace)
+    decoder/checkpoint.pt  stage 1b: current and best-validation decoder weights, the VQ step
     unet/checkpoint.pt     the same for the UNet (+ EMA weights, the VQ step it was trained on)
     unet/latents.pt        cached latents of the training images (keyed by the VQ step)
     tb/                    TensorBoard scalars
@@ -107,6 +112,14 @@ class TrainConfig:
     vq_codebook_weight: float = 1.0
     vq_commit_beta: float = 0.25
     vq_restart_every: int = 50
+    # stage 1b: decoder fine-tuning (frozen encoder and codebook)
+    decoder_steps: int = 3000
+    decoder_minutes: float = 0.0
+    decoder_batch_size: int = 6
+    decoder_crop: int = 128
+    decoder_lr: float = 5e-4
+    decoder_min_lr_ratio: float = 0.05
+    decoder_warmup: int = 50
     # stage 2: UNet
     unet_steps: int = 8000
     unet_minutes: float = 0.0
@@ -187,6 +200,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--vq-commit-beta", type=float, default=d.vq_commit_beta)
     g.add_argument("--vq-restart-every", type=int, default=d.vq_restart_every,
                    help="re-seed codes unused for this many steps (0: never)")
+    g = p.add_argument_group("stage 1b: decoder fine-tuning (encoder and codebook frozen)")
+    g.add_argument("--decoder-steps", type=int, default=d.decoder_steps, help="total optimizer steps")
+    g.add_argument("--decoder-minutes", type=float, default=d.decoder_minutes,
+                   help="training-time budget in minutes (0: steps only)")
+    g.add_argument("--decoder-batch-size", type=int, default=d.decoder_batch_size)
+    g.add_argument("--decoder-crop", type=int, default=d.decoder_crop,
+                   help="HR crop side (px); larger than --vq-crop so GroupNorm sees image-sized context")
+    g.add_argument("--decoder-lr", type=float, default=d.decoder_lr)
+    g.add_argument("--decoder-min-lr-ratio", type=float, default=d.decoder_min_lr_ratio)
+    g.add_argument("--decoder-warmup", type=int, default=d.decoder_warmup)
     g = p.add_argument_group("stage 2: conditional UNet")
     g.add_argument("--unet-steps", type=int, default=d.unet_steps, help="total optimizer steps")
     g.add_argument("--unet-minutes", type=float, default=d.unet_minutes,
@@ -207,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     g.add_argument("--max-minutes", type=float, default=d.max_minutes,
                    help="stop (checkpointed) after this much wall time in this invocation (0: no limit)")
-    g.add_argument("--stages", default=d.stages, help="comma list of stages to run: vq, unet")
+    g.add_argument("--stages", default=d.stages, help="comma list of stages to run: vq, decoder, unet")
     g.add_argument("--export", default=d.export,
                    help="also write the diffusers folder here (default: <out>/export)")
     g.add_argument("--export-dtype", default=d.export_dtype, choices=("float16", "float32"))
@@ -385,7 +408,27 @@ def _last_val(history: list[dict]) -> float | None:
     return vals[-1] if vals else None
 
 
-def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None) -> str:
+def decoder_facts(decoder_ckpt: dict) -> list[str]:
+    """The card's paragraph on stage 1b (decoder fine-tuning)."""
+    c = decoder_ckpt["config"]
+    vals = [h for h in decoder_ckpt["history"] if "val" in h]
+    best_step = max(vals, key=lambda h: h["val"])["step"]
+    return [
+        "",
+        f"Stage 1b, decoder fine-tuning: `post_quant_conv` + decoder trained further with the "
+        f"encoder, `quant_conv` and codebook frozen (the latents the UNet learned are unchanged), "
+        f"L1 x {c['vq_l1_weight']} + MSE x {c['vq_mse_weight']} through the quantizing "
+        f"`vqvae.decode`, random {c['decoder_crop']}x{c['decoder_crop']} HR crops (GroupNorm then "
+        f"sees image-sized statistics, unlike stage 1's {c['vq_crop']} px crops), batch "
+        f"{c['decoder_batch_size']}, AdamW lr {c['decoder_lr']:g} cosine to x{c['decoder_min_lr_ratio']:g}; "
+        f"{decoder_ckpt['step']} steps, {decoder_ckpt.get('seconds', 0) / 60:.0f} min. Validation PSNR "
+        f"{vals[0]['val']:.2f} dB (stage-1 decoder) -> {decoder_ckpt['best_val']:.2f} dB; the "
+        f"best-validation weights (step {best_step}) are the ones exported.",
+    ]
+
+
+def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
+                   decoder_ckpt: dict | None = None) -> str:
     """The card's training section, from the checkpoints and the saved run record."""
     record_path = Path(cfg.out) / "run_config.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -450,6 +493,7 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None) -> s
         "downsampling of HR, 8-bit.",
         "",
         *lines,
+        *(decoder_facts(decoder_ckpt) if decoder_ckpt else []),
         "",
         f"Machine: {machine}; torch {torch.__version__}. The resolved configuration is stored in "
         "every checkpoint. Training invocations of the run (each resumes the previous one):",
@@ -461,7 +505,8 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None) -> s
     ])
 
 
-def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None) -> str:
+def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None,
+               decoder_ckpt: dict | None = None) -> str:
     """The model card: fixed text, the training section (regenerated) and the evaluation
     section of the previous card (kept until eval_base_model.py rewrites it)."""
     evaluation = (f"{EVAL_BEGIN}\nNot measured yet: run `experiments/eval_base_model.py`.\n{EVAL_END}")
@@ -494,7 +539,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "## Training",
         "",
         TRAIN_BEGIN,
-        training_facts(cfg, vq_ckpt, unet_ckpt),
+        training_facts(cfg, vq_ckpt, unet_ckpt, decoder_ckpt),
         TRAIN_END,
         "",
         "## Evaluation",
@@ -503,7 +548,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "",
         "## Limitations",
         "",
-        "A small model trained for about two hours on a shared 2-core CPU: it is a stand-in that "
+        "A small model trained for about two and a half hours on a shared 2-core CPU: it is a stand-in that "
         "makes the environment run anywhere, not a state-of-the-art super-resolver. Trained on "
         "two aerial datasets at two ground resolutions with plain bicubic degradation; other "
         "imagery or degradations are out of distribution. Data licences: UC Merced (USGS "
@@ -525,6 +570,11 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu"}))
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
     load_vq_weights(model, vq_ckpt)
+    decoder_path = out / "decoder" / "checkpoint.pt"
+    decoder_ckpt = (torch.load(decoder_path, map_location="cpu", weights_only=False)
+                    if decoder_path.exists() else None)
+    if decoder_ckpt is not None:
+        load_decoder_weights(model, vq_ckpt, decoder_ckpt)
     unet_step, unet_ckpt = 0, None
     if unet_path.exists():
         unet_ckpt = torch.load(unet_path, map_location="cpu", weights_only=False)
@@ -541,10 +591,13 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     info = {"vq_step": vq_ckpt["step"], "unet_step": unet_step, "dtype": cfg.export_dtype,
-            "vq_val_psnr": vq_ckpt.get("best_val")}
+            "vq_val_psnr": vq_ckpt.get("best_val"),
+            "decoder_step": decoder_ckpt["step"] if decoder_ckpt else None,
+            "decoder_val_psnr": decoder_ckpt["best_val"] if decoder_ckpt else None}
     (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
     old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
-    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, unet_ckpt if unet_step else None, old_card))
+    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, unet_ckpt if unet_step else None, old_card,
+                                               decoder_ckpt))
     if (folder / "eval_results.json").exists():  # the raw numbers behind the card's table
         shutil.copy2(folder / "eval_results.json", tmp / "eval_results.json")
     old = folder.with_name(folder.name + ".old-export")
@@ -720,6 +773,132 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     writer.flush()
     if stop:
         print(f"vq: stopped at step {step} ({stop.reason}); checkpoint saved", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- stage 1b: decoder
+
+
+DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
+
+
+def decoder_state(vqvae: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights the decoder stage trains (a copy, on the CPU)."""
+    return {k: v.detach().cpu().clone() for k, v in vqvae.state_dict().items()
+            if k.startswith(DECODER_PREFIXES)}
+
+
+def load_decoder_weights(model: LDMSR, vq_ckpt: dict, decoder_ckpt: dict) -> None:
+    """Put the decoder stage's best-validation weights over the VQ's decoder.
+
+    Only valid for the VQ step it was fine-tuned on: the encoder and codebook must be the ones
+    the decoder learned to invert.
+    """
+    if decoder_ckpt["vq_step"] != vq_ckpt["step"]:
+        raise RuntimeError(
+            f"decoder: fine-tuned on the VQ at step {decoder_ckpt['vq_step']}, but the VQ is now at "
+            f"step {vq_ckpt['step']}; move the decoder checkpoint away and fine-tune again")
+    state = model.vqvae.state_dict()
+    state.update(decoder_ckpt["best"])
+    model.vqvae.load_state_dict(state)
+
+
+def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
+    """Fine-tune post_quant_conv + decoder with the encoder, quant_conv and codebook frozen.
+
+    The latents do not change, so a UNet trained on them stays valid; what improves is every
+    decode: reconstructions and sampler outputs alike. Larger crops than stage 1 (GroupNorm
+    statistics are per image, so a decoder trained on 32 px crops meets different statistics on a
+    256 px image). The best-validation weights are kept and exported, not the last ones.
+    """
+    out = Path(cfg.out)
+    vq_path, ckpt_path = out / "vq" / "checkpoint.pt", out / "decoder" / "checkpoint.pt"
+    if not vq_path.exists():
+        raise FileNotFoundError(f"decoder: needs a trained VQ at {vq_path}; run the vq stage first")
+    vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
+    load_vq_weights(model, vq_ckpt)
+    vqvae = model.vqvae.to(cfg.device).train().requires_grad_(False)
+    params = [p for name, p in vqvae.named_parameters() if name.startswith(DECODER_PREFIXES)]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.99))
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    step, history, seconds = 0, [], 0.0
+    val_hr = vq_validation_batch(cfg)
+    best_val, best = vq_validate(vqvae, val_hr, cfg.device), decoder_state(vqvae)
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["vq_step"] != vq_ckpt["step"]:
+            raise RuntimeError(f"decoder: {ckpt_path} was fine-tuned on the VQ at step "
+                               f"{ckpt['vq_step']}, the VQ is at {vq_ckpt['step']}; move it away")
+        state = vqvae.state_dict()
+        state.update(ckpt["model"])
+        vqvae.load_state_dict(state)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, history, best_val, best = ckpt["step"], ckpt["history"], ckpt["best_val"], ckpt["best"]
+        seconds = ckpt.get("seconds", 0.0)
+        generator.set_state(ckpt["generator"])
+        print(f"decoder: resumed at step {step} from {ckpt_path}", file=sys.stderr)
+    else:
+        history.append({"step": 0, "val": best_val, "val_name": "validation PSNR (dB)"})
+        print(f"decoder: stage-1 decoder validation PSNR {best_val:.2f} dB", file=sys.stderr)
+    clock = StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds)
+    if clock.done(step):
+        print(f"decoder: already done (step {step}, {seconds / 60:.1f} min)", file=sys.stderr)
+        return
+    train_ds = PairDataset(DataConfig(source=cfg.data, split="train", hr_size=cfg.decoder_crop,
+                                      scale=4, crop="random", seed=cfg.seed), device="cpu").preload()
+
+    def save() -> None:
+        atomic_save({"model": decoder_state(vqvae), "best": best, "best_val": best_val,
+                     "optimizer": optimizer.state_dict(), "step": step, "history": history,
+                     "generator": generator.get_state(), "vq_step": vq_ckpt["step"],
+                     "seconds": clock.seconds, "config": asdict(cfg)}, ckpt_path)
+        plot_history(history, out / "loss_decoder.png", "VQ decoder fine-tuning")
+
+    bar = tqdm(total=cfg.decoder_steps, initial=step, desc="decoder", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=5)
+    while not clock.done(step) and not stop:
+        lr = lr_at(step, peak=cfg.decoder_lr, warmup=cfg.decoder_warmup,
+                   progress=clock.progress(step), min_ratio=cfg.decoder_min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        hr = augment(train_ds.sample(cfg.decoder_batch_size, generator=generator).hr, generator)
+        x = hr.to(cfg.device) * 2 - 1
+        with torch.no_grad():
+            z = vqvae.encode(x).latents
+        rec = vqvae.decode(z).sample  # quantizes, as at inference
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        loss = cfg.vq_l1_weight * l1 + cfg.vq_mse_weight * mse
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        with torch.no_grad():
+            train_psnr = float(psnr((rec.clamp(-1, 1) + 1) / 2, hr.to(cfg.device)).mean())
+        history.append({"step": step, "loss": float(loss.detach()), "psnr": train_psnr, "lr": lr})
+        writer.add_scalar("decoder/loss", float(loss.detach()), step)
+        writer.add_scalar("decoder/psnr", train_psnr, step)
+        finished = clock.done(step)
+        if step % cfg.val_every == 0 or finished:
+            val = vq_validate(vqvae, val_hr, cfg.device)
+            if val > best_val:
+                best_val, best = val, decoder_state(vqvae)
+            history.append({"step": step, "val": val, "val_name": "validation PSNR (dB)"})
+            writer.add_scalar("decoder/val_psnr", val, step)
+            tqdm.write(f"decoder step {step}: validation PSNR {val:.2f} dB (best {best_val:.2f}), "
+                       f"lr {lr:.2e}", file=sys.stderr)
+        if step % cfg.checkpoint_every == 0 or finished:
+            save()
+        bar.update(1)
+    bar.close()
+    save()
+    writer.flush()
+    if stop:
+        print(f"decoder: stopped at step {step} ({stop.reason}); checkpoint saved", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- stage 2: UNet
@@ -946,13 +1125,15 @@ def main(argv: list[str] | None = None) -> int:
 
     writer = SummaryWriter(str(out / "tb"))
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"vq", "unet"}
+    unknown = set(stages) - {"vq", "decoder", "unet"}
     if unknown:
-        raise SystemExit(f"--stages: unknown {sorted(unknown)}; use vq, unet")
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; use vq, decoder, unet")
     with contextlib.closing(writer), contextlib.closing(stop):
         model = build_model(cfg)
         if "vq" in stages:
             train_vq(cfg, model, writer, stop)
+        if "decoder" in stages and not stop:
+            train_decoder(cfg, model, writer, stop)
         if "unet" in stages and not stop:
             train_unet(cfg, model, writer, stop)
     if not cfg.no_export:

@@ -114,3 +114,33 @@ def test_stage_clock_ends_at_steps_or_minutes(train_ldm):
     clock = train_ldm.StageClock(max_steps=100, minutes=1.0, seconds_before=45.0)
     assert 0.75 <= clock.progress(10) < 0.8 and not clock.done(10)
     assert train_ldm.StageClock(max_steps=100, minutes=1.0, seconds_before=60.0).done(1)
+
+
+def test_decoder_stage_keeps_latents_and_exports_best_weights(train_ldm, synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--no-export")) == 0
+    decoder_args = ("--stages", "decoder", "--decoder-steps", "3", "--decoder-crop", "32",
+                    "--decoder-batch-size", "2", "--decoder-warmup", "1", "--val-every", "1")
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, *decoder_args)) == 0
+    vq = torch.load(out / "vq" / "checkpoint.pt", weights_only=False)
+    dec = torch.load(out / "decoder" / "checkpoint.pt", weights_only=False)
+    assert dec["step"] == 3 and dec["vq_step"] == 3
+    vals = [h["val"] for h in dec["history"] if "val" in h]
+    assert len(vals) == 4 and dec["best_val"] == max(vals)  # stage-1 decoder + 3 validations
+    assert set(dec["best"]) == {k for k in vq["model"] if k.startswith(("decoder.", "post_quant_conv."))}
+    assert any(not torch.equal(dec["model"][k], vq["model"][k]) for k in dec["model"])
+
+    # The export carries the frozen encoder / codebook and the best decoder weights.
+    exported = load_ldmsr(out / "export").vqvae.state_dict()
+    for key, value in vq["model"].items():
+        expected = dec["best"].get(key, value)
+        torch.testing.assert_close(exported[key], expected.half().float(), rtol=0, atol=0)
+    card = (out / "export" / "README.md").read_text()
+    assert "Stage 1b, decoder fine-tuning" in card and f"-> {dec['best_val']:.2f} dB" in card
+
+    # The latents are unchanged, so the UNet keeps training on them.
+    assert train_ldm.main(_args(out, synthetic_data, 3, 3, "--stages", "unet", "--no-export")) == 0
+    # A VQ trained further invalidates the fine-tuned decoder: the export refuses it.
+    assert train_ldm.main(_args(out, synthetic_data, 4, 3, "--stages", "vq", "--no-export")) == 0
+    with pytest.raises(RuntimeError, match="fine-tune again"):
+        train_ldm.main(_args(out, synthetic_data, 4, 3, "--export-only"))
