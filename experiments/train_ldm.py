@@ -825,7 +825,6 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     step, history, seconds = 0, [], 0.0
     val_hr = vq_validation_batch(cfg)
-    best_val, best = vq_validate(vqvae, val_hr, cfg.device), decoder_state(vqvae)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["vq_step"] != vq_ckpt["step"]:
@@ -839,7 +838,8 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
         seconds = ckpt.get("seconds", 0.0)
         generator.set_state(ckpt["generator"])
         print(f"decoder: resumed at step {step} from {ckpt_path}", file=sys.stderr)
-    else:
+    else:  # the stage-1 decoder is the first candidate for the best weights
+        best_val, best = vq_validate(vqvae, val_hr, cfg.device), decoder_state(vqvae)
         history.append({"step": 0, "val": best_val, "val_name": "validation PSNR (dB)"})
         print(f"decoder: stage-1 decoder validation PSNR {best_val:.2f} dB", file=sys.stderr)
     clock = StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds)

@@ -119,9 +119,12 @@ def test_stage_clock_ends_at_steps_or_minutes(train_ldm):
 def test_decoder_stage_keeps_latents_and_exports_best_weights(train_ldm, synthetic_data, tmp_path):
     out = tmp_path / "run"
     assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--no-export")) == 0
-    decoder_args = ("--stages", "decoder", "--decoder-steps", "3", "--decoder-crop", "32",
-                    "--decoder-batch-size", "2", "--decoder-warmup", "1", "--val-every", "1")
-    assert train_ldm.main(_args(out, synthetic_data, 3, 2, *decoder_args)) == 0
+    decoder_args = ("--stages", "decoder", "--decoder-crop", "32", "--decoder-batch-size", "2",
+                    "--decoder-warmup", "1", "--val-every", "1")
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, *decoder_args, "--decoder-steps", "2",
+                                "--no-export")) == 0
+    # Resumed: one more step on the saved optimizer state and history.
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, *decoder_args, "--decoder-steps", "3")) == 0
     vq = torch.load(out / "vq" / "checkpoint.pt", weights_only=False)
     dec = torch.load(out / "decoder" / "checkpoint.pt", weights_only=False)
     assert dec["step"] == 3 and dec["vq_step"] == 3
