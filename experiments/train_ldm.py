@@ -574,7 +574,7 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     decoder_ckpt = (torch.load(decoder_path, map_location="cpu", weights_only=False)
                     if decoder_path.exists() else None)
     if decoder_ckpt is not None:
-        load_decoder_weights(model, vq_ckpt, decoder_ckpt)
+        load_decoder_weights(model.vqvae, vq_ckpt, decoder_ckpt)
     unet_step, unet_ckpt = 0, None
     if unet_path.exists():
         unet_ckpt = torch.load(unet_path, map_location="cpu", weights_only=False)
@@ -787,19 +787,20 @@ def decoder_state(vqvae: torch.nn.Module) -> dict[str, torch.Tensor]:
             if k.startswith(DECODER_PREFIXES)}
 
 
-def load_decoder_weights(model: LDMSR, vq_ckpt: dict, decoder_ckpt: dict) -> None:
-    """Put the decoder stage's best-validation weights over the VQ's decoder.
+def load_decoder_weights(vqvae: torch.nn.Module, vq_ckpt: dict, decoder_ckpt: dict, key: str = "best") -> None:
+    """Put decoder-stage weights (``"best"``: best validation, ``"model"``: latest) over the VQ's
+    decoder; the rest of the VQ keeps its weights (a full, strict ``load_state_dict``).
 
-    Only valid for the VQ step it was fine-tuned on: the encoder and codebook must be the ones
+    Only valid for the VQ step they were fine-tuned on: the encoder and codebook must be the ones
     the decoder learned to invert.
     """
     if decoder_ckpt["vq_step"] != vq_ckpt["step"]:
         raise RuntimeError(
             f"decoder: fine-tuned on the VQ at step {decoder_ckpt['vq_step']}, but the VQ is now at "
             f"step {vq_ckpt['step']}; move the decoder checkpoint away and fine-tune again")
-    state = model.vqvae.state_dict()
-    state.update(decoder_ckpt["best"])
-    model.vqvae.load_state_dict(state)
+    state = vqvae.state_dict()
+    state.update(decoder_ckpt[key])
+    vqvae.load_state_dict(state)
 
 
 def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
@@ -827,12 +828,7 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
     val_hr = vq_validation_batch(cfg)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["vq_step"] != vq_ckpt["step"]:
-            raise RuntimeError(f"decoder: {ckpt_path} was fine-tuned on the VQ at step "
-                               f"{ckpt['vq_step']}, the VQ is at {vq_ckpt['step']}; move it away")
-        state = vqvae.state_dict()
-        state.update(ckpt["model"])
-        vqvae.load_state_dict(state)
+        load_decoder_weights(vqvae, vq_ckpt, ckpt, key="model")
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history, best_val, best = ckpt["step"], ckpt["history"], ckpt["best_val"], ckpt["best"]
         seconds = ckpt.get("seconds", 0.0)
