@@ -6,6 +6,10 @@ An env step is one transition of one image (N per batched step). The machinery r
 time of one whole batched episode (reset, K plain DDIM steps, the final VQ decode and the
 reward) over the model's own work for that batch: K UNet calls plus one VQ decode, timed alone on
 the same shapes. Targets (CPU): N = 64 >= 10x the env-steps/s of N = 1; machinery ratio <= 1.3.
+
+For the 10x target it also states the arithmetic bound (orl_gym.profiling): the FLOPs of one env
+step per image at the largest N, over the same steps as the timing, against the device's float32
+matrix-product rate: whether any batching could reach 10x on this hardware.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from orl_gym.actions import encode_params
 from orl_gym.configs import env_preset
 from orl_gym.io import atomic_write_text, machine_description
+from orl_gym.profiling import ComputeBound, count_flops, matmul_gflops
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 
@@ -29,8 +34,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def steps_per_second(env: LDMSuperResolutionVectorEnv, *, steps: int, seed: int, plain: bool) -> float:
-    """Env steps per second with random actions, or with the plain DDIM action (``plain``)."""
+def _warmed_up_actions(env: LDMSuperResolutionVectorEnv, *, seed: int, plain: bool):
+    """Reset ``env``, take 3 warm-up steps (allocator, kernels), return the action source."""
     rng = np.random.default_rng(seed)
     fixed = np.stack([encode_params(env.params.actions)] * env.num_envs)
 
@@ -38,13 +43,26 @@ def steps_per_second(env: LDMSuperResolutionVectorEnv, *, steps: int, seed: int,
         return fixed if plain else rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
 
     env.reset(seed=seed)
-    for _ in range(3):  # warm-up: allocator, kernels
+    for _ in range(3):
         env.step(action())
+    return action
+
+
+def steps_per_second(env: LDMSuperResolutionVectorEnv, *, steps: int, seed: int, plain: bool) -> float:
+    """Env steps per second with random actions, or with the plain DDIM action (``plain``)."""
+    action = _warmed_up_actions(env, seed=seed, plain=plain)
     start = time.perf_counter()
     for _ in range(steps):
         env.step(action())
     _sync(env.params.device)
     return env.num_envs * steps / (time.perf_counter() - start)
+
+
+def flops_per_env_step(env: LDMSuperResolutionVectorEnv, *, steps: int, seed: int, plain: bool) -> float:
+    """FLOPs per env step (one image, one transition) over the steps :func:`steps_per_second` times."""
+    action = _warmed_up_actions(env, seed=seed, plain=plain)
+    total = count_flops(lambda: [env.step(action()) for _ in range(steps)])
+    return total / (env.num_envs * steps)
 
 
 def machinery_ratio(env: LDMSuperResolutionVectorEnv, *, repeats: int) -> tuple[float, float, float]:
@@ -77,6 +95,53 @@ def machinery_ratio(env: LDMSuperResolutionVectorEnv, *, repeats: int) -> tuple[
     return episode_s, work_s, episode_s / work_s
 
 
+def bench_threads(threads: int, kwargs: dict, args: argparse.Namespace) -> str:
+    """The report section for one torch thread count: rates, machinery ratio, arithmetic bound."""
+    torch.set_num_threads(threads)
+    rows, rates = [], {}
+    for n in args.num_envs:
+        env = LDMSuperResolutionVectorEnv(num_envs=n, **kwargs)
+        rates[n] = {mode: steps_per_second(env, steps=args.steps, seed=0, plain=mode == "plain")
+                    for mode in ("random", "plain")}
+        first = rates[args.num_envs[0]]
+        rows.append(f"| {n} | {rates[n]['random']:.1f} | {rates[n]['random'] / first['random']:.1f}x "
+                    f"| {rates[n]['plain']:.1f} | {rates[n]['plain'] / first['plain']:.1f}x |")
+        print(f"threads {threads}, N={n}: {rates[n]} env-steps/s", file=sys.stderr)
+    n_one, n_max = args.num_envs[0], max(args.num_envs)
+    env = LDMSuperResolutionVectorEnv(num_envs=n_max, **kwargs)
+    episode_s, work_s, ratio = machinery_ratio(env, repeats=args.repeats)
+    ceiling = matmul_gflops(args.device)
+    bounds = []
+    for mode in ("random", "plain"):
+        flops = flops_per_env_step(env, steps=args.steps, seed=0, plain=mode == "plain")
+        # 10x the one-env rate leaves 1 / (10 x rate at N = 1) seconds per env step.
+        bound = ComputeBound(flops, 1.0 / (10 * rates[n_one][mode]), ceiling)
+        label = "random actions" if mode == "random" else "the plain DDIM action"
+        bounds.append(f"- {label}: {bound.describe(f'the work at N = {n_max}', unit='env step')}")
+    K = len(env.params.schedule)
+    return "\n".join([
+        f"## torch threads: {threads}",
+        "",
+        f"| N | env-steps/s, random actions | vs N = {n_one} | env-steps/s, plain DDIM | vs N = {n_one} |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Machinery ratio at N = {n_max}: whole episode (reset, {K} plain DDIM steps, decode, reward "
+        f"incl. LPIPS) {episode_s:.3f} s / model work ({K} UNet calls + 1 VQ decode) {work_s:.3f} s "
+        f"= **{ratio:.2f}** (target <= 1.3).",
+        "",
+        f"Speed-up N = {n_max} over N = {n_one}: **{rates[n_max]['random'] / rates[n_one]['random']:.1f}x** "
+        f"with random actions, **{rates[n_max]['plain'] / rates[n_one]['plain']:.1f}x** with the plain "
+        "DDIM action (target >= 10x).",
+        "",
+        f"Arithmetic bound for 10x (work per env step at N = {n_max} over the timed steps, "
+        f"budget = 1 / (10 x the N = {n_one} rate)):",
+        "",
+        *bounds,
+        "",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny-x4", help="env preset (default: tiny-x4)")
@@ -86,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed batched steps per N")
     parser.add_argument("--repeats", type=int, default=3, help="episodes for the machinery ratio")
     parser.add_argument("--out", default="experiments/results/bench_env.md")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch CPU thread counts, each measured in turn (default: torch's)")
     args = parser.parse_args(argv)
 
     kwargs = env_preset(args.preset)
@@ -94,42 +161,22 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["dtype"] = "float32"
     if args.model:
         kwargs["model"] = args.model
-    rows, rates = [], {}
-    for n in args.num_envs:
-        env = LDMSuperResolutionVectorEnv(num_envs=n, **kwargs)
-        rates[n] = {mode: steps_per_second(env, steps=args.steps, seed=0, plain=mode == "plain")
-                    for mode in ("random", "plain")}
-        first = rates[args.num_envs[0]]
-        rows.append(f"| {n} | {rates[n]['random']:.1f} | {rates[n]['random'] / first['random']:.1f}x "
-                    f"| {rates[n]['plain']:.1f} | {rates[n]['plain'] / first['plain']:.1f}x |")
-        print(f"N={n}: {rates[n]} env-steps/s", file=sys.stderr)
-    n_max = max(args.num_envs)
-    env = LDMSuperResolutionVectorEnv(num_envs=n_max, **kwargs)
-    episode_s, work_s, ratio = machinery_ratio(env, repeats=args.repeats)
+    machine = machine_description(args.device)  # before any thread change: the default count
+    sections = [bench_threads(threads, kwargs, args)
+                for threads in (args.threads or [torch.get_num_threads()])]
     command = "python experiments/bench_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    K = len(env.params.schedule)
     text = "\n".join([
         f"# Env throughput ({args.preset}, {kwargs['model']}, {args.device})",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {machine_description(args.device)}",
+        f"Machine: {machine}",
         "",
         f"{args.steps} timed batched steps after 3 warm-up steps. Random actions use all four parameters "
         "(guidance, on half of the steps, adds a decoder forward and backward per guided image); the plain "
-        "action is the default DDIM step (stride 1, eta 0, no guidance).",
+        "action is the default DDIM step (stride 1, eta 0, no guidance). Both N of a ratio ran with the "
+        "same torch thread count.",
         "",
-        "| N | env-steps/s, random actions | vs N = 1 | env-steps/s, plain DDIM | vs N = 1 |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Machinery ratio at N = {n_max}: whole episode (reset, {K} plain DDIM steps, decode, reward "
-        f"incl. LPIPS) {episode_s:.3f} s / model work ({K} UNet calls + 1 VQ decode) {work_s:.3f} s "
-        f"= **{ratio:.2f}** (target <= 1.3).",
-        "",
-        f"Speed-up N = {n_max} over N = 1: **{rates[n_max]['random'] / rates[args.num_envs[0]]['random']:.1f}x** "
-        f"with random actions, **{rates[n_max]['plain'] / rates[args.num_envs[0]]['plain']:.1f}x** with the plain "
-        "DDIM action (target >= 10x).",
-        "",
+        *sections,
     ])
     atomic_write_text(args.out, text)
     print(text)

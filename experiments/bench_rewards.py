@@ -4,9 +4,11 @@ For each batch size B (default 1, 16, 64, 256) of 64x64 images, times every metr
 orl_gym.rewards (PSNR, SSIM, LPIPS-alex, LR-consistency) and the full reward
 (``RewardModel.final`` with the baseline the env caches at reset; and with the baseline computed
 inside) two ways: one batched call, and a Python loop of B single-image calls. Also times one
-forward pass of a tiny diffusers UNet2DModel (in 6, out 3, block_out_channels (32, 64, 64),
-layers_per_block 1, attention in the middle level) on 16x16 latents of the same batch: the
-target is a full reward cheaper than one such UNet call at B = 64.
+forward pass of the bundled model's UNet on the latents of the same batch: the target is a full
+reward cheaper than one UNet call at B = 64. For the other target (batched >= 8x the loop at
+B = 64) it states the arithmetic bound (orl_gym.profiling): the FLOPs of the batched reward per
+image against the device's float32 matrix-product rate, i.e. whether batching could reach 8x on
+this hardware at all.
 
 Writes a Markdown table with the machine's description to experiments/results/bench_rewards.md
 (atomically). Run: ``python experiments/bench_rewards.py [--device cpu cuda] [--repeats 7]``.
@@ -31,6 +33,8 @@ from pathlib import Path
 import torch
 
 from orl_gym.lpips_weights import LPIPSWeightsNotFoundError, fetch_lpips_weights
+from orl_gym.models import load_ldmsr
+from orl_gym.profiling import ComputeBound, count_flops, matmul_gflops
 from orl_gym.rewards import (
     LPIPS,
     RewardConfig,
@@ -41,7 +45,11 @@ from orl_gym.rewards import (
     ssim,
 )
 
-UNET_ROW = "UNet call (tiny, 16x16 latents)"
+UNET_ROW = "UNet call (bundled model)"
+FINAL_ROW = "reward: final (baseline from reset)"
+# Rows that are not timings: the bound's inputs, measured in the same process as the timings.
+FLOPS_ROW = "FLOPs per image of the batched final reward"
+MATMUL_ROW = "float32 matmul rate (GFLOP/s)"
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_rewards.md"
 
 
@@ -76,19 +84,9 @@ def time_interleaved(
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
-def tiny_unet(device: torch.device) -> torch.nn.Module:
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        in_channels=6,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-    )
-    return unet.to(device).eval().requires_grad_(False)
+def bundled_unet(device: torch.device) -> torch.nn.Module:
+    """The UNet of the bundled model (float32), the one the env calls every step."""
+    return load_ldmsr("bundled", device=device).unet.eval().requires_grad_(False)
 
 
 def machine_description(devices: list[torch.device]) -> list[str]:
@@ -125,10 +123,11 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> list[tuple]:
     except LPIPSWeightsNotFoundError:
         fetch_lpips_weights("alex")
         model = RewardModel(config, device=device)
-    unet = tiny_unet(device)
+    unet = bundled_unet(device)
     rows: list[tuple] = []
     for batch in args.batches:
         rows += bench_batch(model, unet, device, batch, args)
+    rows.append((device.type, 0, MATMUL_ROW, None, (matmul_gflops(device),) * 2))
     return rows
 
 
@@ -159,10 +158,10 @@ def bench_batch(
         "ssim": lambda i: ssim(sr[i], hr[i]),
         "lpips (pair)": lambda i: lpips_metric(sr[i], hr[i]),
         "lr_consistency": lambda i: lr_consistency(sr[i], lr[i], scale=scale),
-        "reward: final (baseline from reset)": lambda i: final(i, cached=True),
+        FINAL_ROW: lambda i: final(i, cached=True),
         "reward: baseline + final": lambda i: final(i, cached=False),
     }
-    latents = torch.randn(batch, 6, size // scale, size // scale, generator=generator)
+    latents = torch.randn(batch, unet.config.in_channels, size // scale, size // scale, generator=generator)
     latents = latents.to(device)
     timestep = torch.full((batch,), 500, device=device)
     fns: dict[str, Callable[[], object]] = {UNET_ROW: lambda: unet(latents, timestep)}
@@ -181,11 +180,16 @@ def bench_batch(
             flush=True,
         )
     rows.append((device.type, batch, UNET_ROW, None, timings[UNET_ROW]))
+    with torch.no_grad():
+        flops = count_flops(final) / batch
+    rows.append((device.type, batch, FLOPS_ROW, None, (flops, flops)))
     print(f"{device.type} B={batch:4d} {UNET_ROW} {timings[UNET_ROW][0] * 1e3:8.2f} ms", flush=True)
     return rows
 
 
 def render(rows, machine: list[str], args: argparse.Namespace, unet_params: int) -> str:
+    facts = {(row[0], row[1], row[2]): row[4][0] for row in rows if row[2] in (FLOPS_ROW, MATMUL_ROW)}
+    rows = [row for row in rows if row[2] not in (FLOPS_ROW, MATMUL_ROW)]
     lines = [
         "# Reward metrics: per-image loop vs batched",
         "",
@@ -193,10 +197,9 @@ def render(rows, machine: list[str], args: argparse.Namespace, unet_params: int)
         'no autograd. LPIPS is alex. "loop" calls the same function once per image. '
         '"reward: final (baseline from reset)" is the env\'s hot path: the bicubic baseline and the '
         'HR image\'s LPIPS features were computed at reset; "reward: baseline + final" computes '
-        "them too. The UNet row is one forward pass of the tiny diffusers UNet2DModel "
-        f"({unet_params / 1e6:.2f} M params, block_out_channels (32, 64, 64), 1 layer per block, "
-        f"attention in the middle level) on the same batch of {args.size // 4}x{args.size // 4} "
-        "latents (6 channels in, 3 out).",
+        "them too. The UNet row is one forward pass of the bundled model's UNet "
+        f"({unet_params / 1e6:.2f} M params; the one the env calls every step) on the same batch "
+        f"of {args.size // 4}x{args.size // 4} latents.",
         "",
         f"Times are the minimum over up to {args.repeats} runs, all candidates of one batch size "
         "timed round-robin after a warm-up (median in parentheses): the machine is shared, and "
@@ -221,7 +224,7 @@ def render(rows, machine: list[str], args: argparse.Namespace, unet_params: int)
     for device in sorted({row[0] for row in rows}):
         best = {(row[1], row[2]): (row[3], row[4]) for row in rows if row[0] == device}
         unet = best.get((64, UNET_ROW))
-        final = best.get((64, "reward: final (baseline from reset)"))
+        final = best.get((64, FINAL_ROW))
         full = best.get((64, "reward: baseline + final"))
         if not (unet and final and full):
             continue
@@ -234,11 +237,16 @@ def render(rows, machine: list[str], args: argparse.Namespace, unet_params: int)
             f"{'met' if final_s[0] < unet_s else 'not met'}); with the baseline computed too "
             f"{full_s * 1e3:.1f} ms = {full_s / unet_s:.2f} UNet calls."
         )
+        flops, ceiling = facts.get((device, 64, FLOPS_ROW)), facts.get((device, 0, MATMUL_ROW))
+        if flops and ceiling:
+            # 8x the loop means at most (loop time per image) / 8 per image, batched.
+            bound = ComputeBound(flops, final_loop[0] / 64 / 8, ceiling)
+            lines.append(f"  Arithmetic bound for 8x: {bound.describe('the batched final reward', unit='image')}")
     lines += [
         "",
-        "LPIPS dominates the reward and is compute-bound: AlexNet costs about 2 ms of CPU per "
-        "64x64 image whatever the batch, so batching removes only the per-call overhead "
-        "(about 3x). PSNR and LR-consistency are memory-bound (about 4x). SSIM's batched call "
+        "LPIPS dominates the reward and is compute-bound: AlexNet's 79 MFLOP per 64x64 image "
+        "cost about 2 ms of one CPU core whatever the batch, so batching removes only the "
+        "per-call overhead (about 3x). PSNR and LR-consistency are memory-bound (about 4x). SSIM's batched call "
         "allocates buffers large enough that glibc maps them fresh on every call and the kernel "
         "page-faults them in; with the tuned allocator settings it gains about 2x, without them "
         "it can lose to the loop.",
@@ -264,6 +272,20 @@ def write_atomically(path: Path, text: str) -> None:
 # glibc returns large freed blocks to the OS, so every big tensor of a CPU forward pass is
 # page-faulted in again on the next call; these settings keep freed memory in the process.
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "40000000000"}
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its values (``--opt a b`` or ``--opt=a``)."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg == option or arg.startswith(option + "="):
+            skipping = arg == option
+            continue
+        if skipping and not arg.startswith("-"):
+            continue
+        skipping = False
+        kept.append(arg)
+    return kept
 
 
 def run_variants(args: argparse.Namespace, argv: list[str]) -> list[tuple]:
@@ -314,7 +336,7 @@ def main() -> None:
     devices = [torch.device(name) for name in names]
     machine = machine_description(devices)
     if args.malloc != ["inherit"]:
-        rows = run_variants(args, [a for a in argv if a not in ("default", "tuned")])
+        rows = run_variants(args, without_option(argv, "--malloc"))
     else:
         rows = []
         for device in devices:
@@ -329,7 +351,7 @@ def main() -> None:
         if args.rows_out is not None:
             args.rows_out.write_text(json.dumps(rows))
             return
-    unet_params = sum(p.numel() for p in tiny_unet(torch.device("cpu")).parameters())
+    unet_params = sum(p.numel() for p in bundled_unet(torch.device("cpu")).parameters())
     write_atomically(args.output, render(rows, machine, args, unet_params))
     print(f"wrote {args.output}")
 

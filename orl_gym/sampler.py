@@ -306,17 +306,13 @@ def guidance_cost_in_unet_calls(model: LDMSR, latent_size: tuple[int, int]) -> f
     Deterministic, unlike a timing. (Wall time on a CPU is higher still: the decoder works at
     full output resolution and is memory-bound.)
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from orl_gym.profiling import count_flops
 
     height, width = latent_size
     latents = torch.zeros(1, model.latent_channels, height, width, device=model.device, dtype=model.dtype)
     unet_input = torch.zeros(1, model.latent_channels + 3, height, width, device=model.device, dtype=model.dtype)
-    with FlopCounterMode(display=False) as counter:
-        model.unet(unet_input, torch.zeros(1, dtype=torch.long, device=model.device))
-    unet_flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        model.vqvae.decode(latents)
-    return 2.0 * counter.get_total_flops() / max(unet_flops, 1)
+    unet_flops = count_flops(model.unet, unet_input, torch.zeros(1, dtype=torch.long, device=model.device))
+    return 2.0 * count_flops(model.vqvae.decode, latents) / max(unet_flops, 1)
 
 
 @torch.no_grad()
