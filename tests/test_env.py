@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import gymnasium as gym
@@ -15,6 +16,10 @@ from orl_gym.agents import LDMSRFeatureExtractor
 from orl_gym.models import bundled_model_path
 
 NO_LPIPS = {"lpips_net": None, "lpips_weight": 0.0}
+# The seeding and batching contracts hold per device (noise comes from a generator on the env's
+# device, so CUDA trajectories differ from CPU ones by design); the CUDA cases run on a GPU machine.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +27,13 @@ def env_kwargs(tiny_model, image_folder):
     # 32 px HR (8 px LR) keeps a tiny model's episode at milliseconds per step.
     return dict(model=tiny_model, data=str(image_folder), hr_size=32, num_inference_steps=6,
                 reward=NO_LPIPS)
+
+
+def _on_device(env_kwargs, device):
+    """The env kwargs with the model (a copy: the fixture is shared) and the env on ``device``."""
+    if device == "cpu":
+        return env_kwargs
+    return {**env_kwargs, "model": copy.deepcopy(env_kwargs["model"]).to(device), "device": device}
 
 
 def _rollout(env, seed, actions):
@@ -92,8 +104,9 @@ def test_step_budget_truncates_and_still_scores(env_kwargs):
     assert truncated and not terminated and np.isfinite(info["psnr"]) and reward != 0.0
 
 
-def test_same_seed_same_trajectory_different_seed_different(env_kwargs):
-    env = gym.make(orl_gym.ENV_ID, **env_kwargs)
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_seed_same_trajectory_different_seed_different(env_kwargs, device):
+    env = gym.make(orl_gym.ENV_ID, **_on_device(env_kwargs, device))
     actions = np.random.default_rng(0).uniform(-1, 1, size=(14, 4)).astype(np.float32)
     a, b = _rollout(env, 7, actions), _rollout(env, 7, actions)
     for x, y in zip(a, b, strict=True):
@@ -102,7 +115,9 @@ def test_same_seed_same_trajectory_different_seed_different(env_kwargs):
     assert not np.allclose(a[0]["latent"], c[0]["latent"])
 
 
-def test_batched_env_equals_single_envs(env_kwargs):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_env_equals_single_envs(env_kwargs, device):
+    env_kwargs = _on_device(env_kwargs, device)
     n, steps = 3, 14
     actions = np.random.default_rng(1).uniform(-1.2, 1.2, size=(steps, n, 4)).astype(np.float32)
     venv = gym.make_vec(orl_gym.ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", **env_kwargs)
