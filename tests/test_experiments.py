@@ -73,3 +73,29 @@ def test_report_results_from_two_runs(preset, tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "per_image.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 * 5  # header + 5 methods x 5 images
+
+
+def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path):
+    out = tmp_path / "bench_env.md"
+    assert _script("bench_env").main(["--preset", str(preset), "--num-envs", "1", "2", "--steps", "2",
+                                      "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## torch threads: 1" in text and "| 2 |" in text and "Machinery ratio at N = 2" in text
+    bounds = [line for line in text.splitlines() if line.startswith("- ") and "MFLOP per env step" in line]
+    assert len(bounds) == 2  # random actions and the plain action
+    assert all("GFLOP/s" in line and "ceiling" in line for line in bounds)
+
+
+def test_bench_rewards_times_loop_and_batch_and_states_the_bound(lpips_cache, tmp_path, monkeypatch):
+    from orl_gym.lpips_weights import cached_weights_path
+
+    out = tmp_path / "bench_rewards.md"
+    monkeypatch.setattr("sys.argv", ["bench_rewards.py", "--batches", "1", "64", "--size", "32", "--repeats", "1",
+                                     "--threads", "1", "--device", "cpu", "--malloc", "inherit",
+                                     "--lpips-weights", str(cached_weights_path("alex", cache_dir=lpips_cache)),
+                                     "--output", str(out)])
+    _script("bench_rewards").main()
+    text = out.read_text()
+    assert "| cpu, 1 thread | 64 | reward: final (baseline from reset) |" in text
+    assert "| cpu, 1 thread | 64 | UNet call (bundled model) |" in text
+    assert "Arithmetic bound for 8x: the batched final reward is at least" in text
