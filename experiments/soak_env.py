@@ -11,13 +11,16 @@ size is bounded by the split, so it is memory held by design, not growth. Target
 Resident memory mixes what the program holds with what the allocator keeps after ``free``. On
 glibc the script also samples ``mallinfo2()``: bytes in use by malloc (``uordblks + hblkhd``) and
 bytes free but kept in the heap (``fordblks``). A leak grows the first; allocator retention grows
-the second. Both series go to a PNG next to the Markdown file.
+the second. Both series go to a PNG next to the Markdown file. Under another allocator put in front
+of glibc's with ``LD_PRELOAD`` (jemalloc, tcmalloc) mallinfo2 would describe the unused glibc heap,
+so only resident memory is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     base, end, peak = samples[warmup - 1], samples[-1], max(samples[warmup - 1:])
     growth = (end - base) / base * 100
-    malloc = None if None in allocator else allocator
+    preloaded = os.environ.get("LD_PRELOAD", "").strip()
+    malloc = None if None in allocator or preloaded else allocator
     figure = Path(args.out).with_suffix(".png")
     plot_memory(samples, malloc, warmup, figure)
     if malloc:
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- freed but kept in glibc's heap (fordblks): {kept_base:.1f} MiB after warm-up, {kept_end:.1f} MiB "
             "at the end (allocator retention)",
         ]
+    elif preloaded:
+        allocator_lines = [f"- allocator: LD_PRELOAD={preloaded} (glibc's mallinfo2 does not see it): no breakdown"]
     else:
         allocator_lines = ["- mallinfo2() is not available here (not glibc >= 2.33): no allocator breakdown"]
     command = "python experiments/soak_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -134,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Soak: resident memory of the batched env",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {machine_description('cpu')}; glibc mmap threshold: "
-        f"{'default (dynamic)' if args.mmap_threshold is None else args.mmap_threshold}",
+        f"Machine: {machine_description('cpu')}; "
+        + (f"allocator: LD_PRELOAD={preloaded}" if preloaded else "glibc mmap threshold: "
+           f"{'default (dynamic)' if args.mmap_threshold is None else args.mmap_threshold}"),
         "",
         f"- {batched_steps * args.num_envs} env steps ({batched_steps} batched steps at N = {args.num_envs}), "
         f"{episodes} episodes finished, {seconds:.0f} s",
