@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.num_envs, args.steps, args.preset)))
         return 0
 
-    from orl_gym.io import atomic_write_text, machine_description
+    from orl_gym.io import machine_description, rerun_command, write_report
 
     jemalloc = find_jemalloc()
     rows = []
@@ -88,11 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         rates = json.loads(output.strip().splitlines()[-1])
         rows.append(f"| {name} | {rates['random']:.1f} | {rates['plain']:.1f} | |")
         print(f"{name}: {rates}", file=sys.stderr)
-    command = "python experiments/bench_allocators.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
+    write_report(args.out, [
         "# Env speed by memory allocator",
         "",
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine_description('cpu')} (each setting in its own process, torch threads 1)",
         "",
         f"Env-steps/s of the batched env at N = {args.num_envs} ({args.preset}), best of two runs of "
@@ -102,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "| allocator | env-steps/s, random actions | env-steps/s, plain DDIM | note |",
         "|---|---|---|---|",
         *rows,
-        "",
     ])
-    atomic_write_text(args.out, text)
-    print(text)
     return 0
 
 

@@ -24,7 +24,7 @@ import torch
 
 from orl_gym.actions import encode_params
 from orl_gym.configs import env_preset
-from orl_gym.io import atomic_write_text, machine_description
+from orl_gym.io import machine_description, rerun_command, write_report
 from orl_gym.profiling import ComputeBound, count_flops, matmul_gflops
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
@@ -164,11 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description(args.device)  # before any thread change: the default count
     sections = [bench_threads(threads, kwargs, args)
                 for threads in (args.threads or [torch.get_num_threads()])]
-    command = "python experiments/bench_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
+    write_report(args.out, [
         f"# Env throughput ({args.preset}, {kwargs['model']}, {args.device})",
         "",
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine}",
         "",
         f"{args.steps} timed batched steps after 3 warm-up steps. Random actions use all four parameters "
@@ -178,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *sections,
     ])
-    atomic_write_text(args.out, text)
-    print(text)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from orl_gym.agents import ALGORITHMS, algorithm_class
 from orl_gym.cli import build_parser, train
 from orl_gym.configs import env_preset
 from orl_gym.evaluation import SB3Policy, constant_policy, evaluate_method, paired_interval
-from orl_gym.io import atomic_open, atomic_write_text, machine_description
+from orl_gym.io import atomic_open, machine_description, rerun_command, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"algo": algo, "train_minutes": minutes, "result": evaluate_method(algo, SB3Policy(model),
                                                                                       env_kwargs, **common)})
 
-    command = "python experiments/compare_algorithms.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"# Algorithms at the same budget ({args.timesteps} timesteps, {args.env})",
         "",
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine_description()}",
         "",
         f"Test split, {len(reference.rows)} images (center crops), the same noise for every row.",
@@ -80,12 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['algo']} | {row['train_minutes']:.1f} | {values['psnr']:.3f} | {values['ssim']:.4f} | "
                      f"{values['lpips']:.4f} | {values['unet_calls']:.1f} | {values['reward']:+.4f} | "
                      f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] |")
-    atomic_write_text(args.out / "compare_algorithms.md", "\n".join(lines) + "\n")
+    write_report(args.out / "compare_algorithms.md", lines)
     with atomic_open(args.out / "compare_algorithms.csv", "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    print("\n".join(lines))
     return 0
 
 

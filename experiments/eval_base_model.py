@@ -1,10 +1,10 @@
 """Measure an LDM-SR checkpoint on the held-out test split and write the model card's table.
 
 On whole test images of every dataset under ``$ORL_GYM_DATA`` (``crop="full"`` of
-``orl_gym.data``), center-cropped so that the LR side is a multiple of the UNet's total
-downsampling (4 for three levels; diffusers' UNet2DModel cannot concatenate skip connections of
-odd sizes, in the pipeline as here): UC Merced 256x256 HR / 64x64 LR, AID 150x150 -> 144x144 /
-36x36 (LR re-made from the cropped HR with ``orl_gym.data.degrade``). It reports
+``orl_gym.data`` with ``full_multiple=model.hr_multiple``): HR center-cropped to a multiple of
+the VQ factor times the UNet's total downsampling (16 for the bundled model: diffusers'
+UNet2DModel cannot concatenate skip connections of odd sizes, in the pipeline as here), LR made
+from that crop: UC Merced 256x256 HR / 64x64 LR, AID 150x150 -> 144x144 / 36x36. It reports
 
 * VQ reconstruction: ``vqvae.decode(vqvae.encode(hr))`` (decode quantizes, as the pipeline does);
 * bicubic x4 (``F.interpolate`` bicubic of LR, clamped), the baseline;
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset, degrade
+from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
 from orl_gym.models import bundled_model_path, load_ldmsr
 
 CARD_BEGIN, CARD_END = "<!-- eval:begin -->", "<!-- eval:end -->"
@@ -102,17 +102,6 @@ def group_by_shape(ds: PairDataset, indices: torch.Tensor) -> list[torch.Tensor]
     return [torch.tensor(g) for g in groups.values()]
 
 
-def center_crop_pair(hr: torch.Tensor, lr: torch.Tensor, multiple: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Center-crop HR to a multiple of ``multiple``; LR re-made from it when the crop changed HR."""
-    height, width = hr.shape[-2:]
-    new_h, new_w = height // multiple * multiple, width // multiple * multiple
-    if (new_h, new_w) == (height, width):
-        return hr, lr
-    top, left = (height - new_h) // 2, (width - new_w) // 2
-    hr = hr[..., top: top + new_h, left: left + new_w]
-    return hr, degrade(hr, scale=scale, quantize=True)
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     model = load_ldmsr(args.model, device=args.device)
     pipe = model.to_pipeline()
@@ -123,12 +112,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     if unknown:
         raise SystemExit(f"--samplers: unknown {sorted(unknown)}; choose from {list(SAMPLERS)}")
     methods = ["bicubic", "vq_reconstruction", *samplers]
-    # HR side multiple: scale x the UNet's downsampling (2 per level after the first).
-    multiple = model.scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
     results: dict = {"datasets": {}, "lpips": lpips_note}
     timing: dict[str, float] = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full"))
+        ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
+                                    full_multiple=model.hr_multiple))
         indices = pick_indices(ds, args.max_images)
         scores: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in methods}
         seconds: dict[str, float] = defaultdict(float)
@@ -136,7 +124,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         for group in group_by_shape(ds, indices):
             for chunk in group.split(args.batch_size):
                 batch = ds.pairs(chunk).to(args.device)
-                hr, lr = center_crop_pair(batch.hr, batch.lr, multiple, model.scale_factor)
+                hr, lr = batch.hr, batch.lr
                 shapes.add(tuple(hr.shape[-2:]))
                 outputs: dict[str, torch.Tensor] = {}
                 start = time.perf_counter()

@@ -56,7 +56,13 @@ from orl_gym.evaluation import (
     plot_policy_trace,
     plot_training_curves,
 )
-from orl_gym.io import atomic_open, atomic_write_text, machine_description
+from orl_gym.io import (
+    atomic_open,
+    atomic_write_text,
+    machine_description,
+    rerun_command,
+    write_report,
+)
 
 METRICS = ("psnr", "ssim", "lpips", "unet_calls", "reward")
 NAMES = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG", "tqc": "TQC", "trpo": "TRPO",
@@ -279,12 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     # README.
-    command = "python experiments/report_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
     main_summary = summaries[args.main]
     lines = [
         "# Result: the learned sampling policy against the sampler without RL",
         "",
-        f"Regenerate every number and figure below: `{command.strip()}`  ",
+        f"Regenerate every number and figure below: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine_description()}; report wall time {(time.perf_counter() - started) / 60:.1f} min.",
         "",
         "The runs it evaluates were trained with (each run folder's `command.txt`):",
@@ -351,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.notes:
         lines += [args.notes.read_text().rstrip(), ""]
-    atomic_write_text(args.out / "README.md", "\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out / "README.md", lines)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import yaml
@@ -24,7 +23,7 @@ from orl_gym.agents import algorithm_class
 from orl_gym.data import PAPER_CATEGORIES
 from orl_gym.env import EnvConfig, build_params
 from orl_gym.evaluation import SB3Policy, constant_policy, evaluate_method, paired_interval
-from orl_gym.io import atomic_open, atomic_write_text, machine_description
+from orl_gym.io import atomic_open, machine_description, rerun_command, write_report
 
 # ORL-LDM Table 2 (RESISC45, their LDM and PPO): (PSNR, SSIM, LPIPS) without and with RL.
 PAPER_TABLE2 = {
@@ -77,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         rows[-1]["dssim"] = paired_interval(rl.column("ssim"), no_rl.column("ssim"))
         rows[-1]["dlpips"] = paired_interval(rl.column("lpips"), no_rl.column("lpips"))
 
-    command = "python experiments/reproduce_table2.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Table 2 layout: No RL vs RL per scene category",
         "",
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Model: {env_kwargs.get('model')}; policy: {model_path}; split {args.split}, center crops of "
         f"{env_kwargs.get('hr_size', 64)} px.  ",
         f"Machine: {machine_description()}",
@@ -100,13 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", "Categories without images here:", *[f"- {s}" for s in skipped]]
     lines += ["", "The paper's numbers are on RESISC45 with its own LDM; ours on the local stand-in classes "
               "with the run's model: compare the gaps, not the levels."]
-    atomic_write_text(out_dir / "table2.md", "\n".join(lines) + "\n")
+    write_report(out_dir / "table2.md", lines)
     with atomic_open(out_dir / "table2.csv", "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=["model", "category", "n", "psnr", "ssim", "lpips", "unet_calls"],
                                 extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    print("\n".join(lines))
     return 0 if rows else 1
 
 

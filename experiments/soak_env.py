@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from orl_gym.configs import env_preset
-from orl_gym.io import atomic_write_text, machine_description, save_figure
+from orl_gym.io import machine_description, rerun_command, save_figure, write_report
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 
@@ -135,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         allocator_lines = [f"- allocator: LD_PRELOAD={preloaded} (glibc's mallinfo2 does not see it): no breakdown"]
     else:
         allocator_lines = ["- mallinfo2() is not available here (not glibc >= 2.33): no allocator breakdown"]
-    command = "python experiments/soak_env.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
+    write_report(args.out, [
         "# Soak: resident memory of the batched env",
         "",
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine_description('cpu')}; "
         + (f"allocator: LD_PRELOAD={preloaded}" if preloaded else "glibc mmap threshold: "
            f"{'default (dynamic)' if args.mmap_threshold is None else args.mmap_threshold}"),
@@ -152,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         *allocator_lines,
         "",
         f"![memory]({figure.name})",
-        "",
     ])
-    atomic_write_text(args.out, text)
-    print(text)
     return 0
 
 

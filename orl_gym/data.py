@@ -52,8 +52,9 @@ not change with the selection.
 Pairs
 -----
 HR is a crop of the decoded RGB image (``crop``): ``"random"`` (training), ``"center"``, ``"full"``
-(the whole image, center-cropped to the largest multiple of ``scale`` on each side; a batch needs
-equal crop shapes, see :meth:`PairDataset.indices_by_shape`) or ``"resize"`` (center square,
+(the whole image, center-cropped to the largest multiple of ``full_multiple``, by default
+``scale``, on each side; a batch needs equal crop shapes, see
+:meth:`PairDataset.indices_by_shape`) or ``"resize"`` (center square,
 resized to ``hr_size`` with antialiased bicubic). LR is :func:`degrade` of HR: optional Gaussian
 blur, antialiased bicubic downsampling by ``scale``, optional Gaussian noise and JPEG, rounded
 to 8-bit levels. Both are float32 in [0, 1], NCHW, on the dataset's device.
@@ -111,6 +112,7 @@ __all__ = [
     "UnreadableImageError",
     "assign_split",
     "degrade",
+    "downsample_bicubic",
     "paper_category",
     "resolve_source",
 ]
@@ -238,6 +240,10 @@ class DataConfig:
             that minimum.
         scale: Downsampling factor, 2, 4 or 8.
         crop: ``"random"``, ``"center"``, ``"full"`` or ``"resize"``; see the module docstring.
+        full_multiple: ``crop="full"`` only: each side is center-cropped to the largest multiple
+            of this; None means ``scale``. A model needs its ``LDMSR.hr_multiple`` (16 for the
+            bundled one: x4 VQ, and a UNet that halves the latent twice), which turns AID's
+            150x150 into 144x144. A multiple of ``scale``, at most ``hr_size``.
         degradation: Extra LR degradations; none by default.
         seed: Seed of the dataset's own generator, used by :meth:`PairDataset.pairs` and
             :meth:`PairDataset.batches` when no generator is passed. It does not affect splits.
@@ -256,6 +262,7 @@ class DataConfig:
     hr_size: int = 64
     scale: int = 4
     crop: str = "random"
+    full_multiple: int | None = None
     degradation: Degradation = field(default_factory=Degradation)
     seed: int = 0
     split_seed: int = 0
@@ -288,6 +295,17 @@ class DataConfig:
                 f"hr_size must be a positive multiple of scale={self.scale} (so LR has "
                 f"hr_size // scale pixels), got {self.hr_size!r}"
             )
+        if self.full_multiple is not None and (
+            not isinstance(self.full_multiple, int)
+            or self.full_multiple < self.scale
+            or self.full_multiple % self.scale
+            or self.full_multiple > self.hr_size
+        ):
+            raise ValueError(
+                f"full_multiple must be a multiple of scale={self.scale} and at most "
+                f"hr_size={self.hr_size} (the shortest side kept, so no image crops to nothing), "
+                f"got {self.full_multiple!r}"
+            )
         if self.categories is not None and not self.categories:
             raise ValueError("categories is empty: pass None to keep every class")
         if not isinstance(self.degradation, Degradation):
@@ -298,6 +316,11 @@ class DataConfig:
                 "split_fractions must be three non-negative (train, validation, test) "
                 f"fractions summing to 1, got {fractions!r}"
             )
+
+    @property
+    def full_crop_multiple(self) -> int:
+        """What ``crop="full"`` floors each side to: ``full_multiple``, or ``scale``."""
+        return self.full_multiple if self.full_multiple is not None else self.scale
 
     @property
     def lr_size(self) -> int:
@@ -338,6 +361,19 @@ class PairBatch:
         )
 
 
+def downsample_bicubic(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Antialiased bicubic resize of ``(B, C, H, W)`` images to ``size``: the degradation's kernel.
+
+    The one definition of "bicubic downsampling" in the package: the LR images are made with it,
+    and the LR-consistency metric and the sampler's guidance compare against it, so all three
+    agree exactly. Not clamped (bicubic overshoots slightly outside [0, 1]), so gradients pass
+    through everywhere; callers that need the range clamp.
+    """
+    return F.interpolate(
+        images, size=tuple(size), mode="bicubic", antialias=True, align_corners=False
+    )
+
+
 def degrade(
     hr: torch.Tensor,
     *,
@@ -376,13 +412,7 @@ def degrade(
         image = TF.gaussian_blur(
             image, kernel_size=[kernel_size, kernel_size], sigma=[degradation.blur_sigma] * 2
         )
-    lr = F.interpolate(
-        image,
-        size=(height // scale, width // scale),
-        mode="bicubic",
-        antialias=True,
-        align_corners=False,
-    )
+    lr = downsample_bicubic(image, (height // scale, width // scale))
     if degradation.noise_std > 0:
         lr = lr + degradation.noise_std * _per_image_draw(
             torch.randn, lr.shape, generator, lr.device
@@ -1086,18 +1116,19 @@ class PairDataset:
         return indices
 
     def full_crop_shape(self, index: int) -> tuple[int, int]:
-        """(height, width) of image ``index`` under ``crop="full"``: floored to multiples of scale."""
-        scale = self.config.scale
+        """(height, width) of image ``index`` under ``crop="full"``: floored to multiples of
+        ``DataConfig.full_crop_multiple``."""
+        multiple = self.config.full_crop_multiple
         height, width = self.image_sizes[index].tolist()
-        return height // scale * scale, width // scale * scale
+        return height // multiple * multiple, width // multiple * multiple
 
     def indices_by_shape(self) -> dict[tuple[int, int], torch.Tensor]:
         """Image indices grouped by their ``crop="full"`` HR shape (H, W), largest group first.
 
         ``crop="full"`` batches must hold one shape; batch each group separately.
         """
-        scale = self.config.scale
-        shapes = self.image_sizes // scale * scale
+        multiple = self.config.full_crop_multiple
+        shapes = self.image_sizes // multiple * multiple
         unique, inverse, counts = torch.unique(
             shapes, dim=0, return_inverse=True, return_counts=True
         )
@@ -1120,10 +1151,8 @@ class PairDataset:
             top, left = (height - size) // 2, (width - size) // 2
             return image[:, top : top + size, left : left + size]
         if config.crop == "full":
-            crop_h, crop_w = (
-                height // config.scale * config.scale,
-                width // config.scale * config.scale,
-            )
+            multiple = config.full_crop_multiple
+            crop_h, crop_w = height // multiple * multiple, width // multiple * multiple
             top, left = (height - crop_h) // 2, (width - crop_w) // 2
             return image[:, top : top + crop_h, left : left + crop_w]
         # resize: the centered square, antialiased bicubic to hr_size, rounded back to uint8.

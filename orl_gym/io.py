@@ -11,16 +11,24 @@ import datetime
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_open", "atomic_save", "atomic_write_text", "machine_description"]
+__all__ = [
+    "atomic_open",
+    "atomic_save",
+    "atomic_write_text",
+    "machine_description",
+    "rerun_command",
+    "write_report",
+]
 
 
 @contextlib.contextmanager
@@ -140,3 +148,24 @@ def machine_description(device: str | torch.device = "cpu") -> str:
         parts.append(f"load average {os.getloadavg()[0]:.2f}")
     parts.append(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return "; ".join(parts)
+
+
+def rerun_command(script: str | os.PathLike, argv: Sequence[str] | None = None) -> str:
+    """The shell command that reruns an experiment script: ``python <folder>/<script> <args>``.
+
+    ``script`` is the script's ``__file__``; it is named by its folder and file name
+    (``experiments/bench_env.py``), as run from the repository root. ``argv`` defaults to this
+    process's arguments; each is shell-quoted, so the line can be pasted as it stands.
+    """
+    path = Path(script)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"{path.parent.name}/{path.name}", *arguments])
+
+
+def write_report(path: str | os.PathLike, lines: Sequence[str], *, echo: bool = True) -> str:
+    """Write a Markdown report (one line per item, newline-terminated) atomically, print it, return it."""
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    atomic_write_text(path, text)
+    if echo:
+        print(text, end="")
+    return text

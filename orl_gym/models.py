@@ -117,6 +117,12 @@ class LDMSR:
         return 2 ** (len(self.vqvae.config.block_out_channels) - 1)
 
     @property
+    def hr_multiple(self) -> int:
+        """HR sides must be multiples of this: the VQ's factor times the UNet's downsampling
+        (the latent, LR-sized, is halved once per UNet level after the first)."""
+        return self.scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 

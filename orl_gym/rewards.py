@@ -85,6 +85,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from orl_gym.data import downsample_bicubic
 from orl_gym.lpips_weights import (
     FETCH_COMMAND,
     LPIPSWeightsNotFoundError,
@@ -230,14 +231,7 @@ def _prepare(
 def bicubic_downsample(images: Tensor, scale: int) -> Tensor:
     """Bicubic, antialiased downsampling by ``scale`` (the LR degradation), clamped to [0, 1]."""
     height, width = images.shape[-2:]
-    out = F.interpolate(
-        images,
-        size=(height // scale, width // scale),
-        mode="bicubic",
-        antialias=True,
-        align_corners=False,
-    )
-    return out.clamp(0.0, 1.0)
+    return downsample_bicubic(images, (height // scale, width // scale)).clamp(0.0, 1.0)
 
 
 def bicubic_upsample(images: Tensor, size: Sequence[int]) -> Tensor:

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
+from orl_gym.data import downsample_bicubic
 from orl_gym.models import LDMSR
 
 __all__ = [
@@ -231,11 +231,12 @@ def init_state(
     if not lr.is_floating_point():
         raise ValueError(f"lr: expected a float tensor in [0, 1], got dtype {lr.dtype} (divide uint8 by 255)")
     batch, _, height, width = lr.shape
-    multiple = 2 ** (len(model.unet.config.block_out_channels) - 1)  # the UNet halves this often
+    multiple = model.hr_multiple // model.scale_factor  # the UNet halves the latent this often
     if height % multiple or width % multiple:
         raise ValueError(
             f"lr: {height}x{width} is not a multiple of {multiple} on each side, which this UNet's "
-            f"down/up-sampling needs; crop the HR image to a multiple of {multiple * 4} px for x4"
+            f"down/up-sampling needs; crop the HR image to a multiple of model.hr_multiple = "
+            f"{model.hr_multiple} px (DataConfig(crop='full', full_multiple=model.hr_multiple) does)"
         )
     if len(generators) != batch:
         raise ValueError(f"generators: expected {batch} (one per sample), got {len(generators)}")
@@ -272,7 +273,7 @@ def decode(model: LDMSR, latents_or_state: torch.Tensor | SamplerState) -> torch
 
 def lr_consistency_error(images: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
     """(B,) mean squared error between the bicubic-downsampled images and the LR input, in [0, 1] units."""
-    down = F.interpolate(images, size=lr.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
+    down = downsample_bicubic(images, lr.shape[-2:])
     return (down - lr).pow(2).flatten(1).mean(dim=1)
 
 
@@ -288,7 +289,7 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
     with torch.enable_grad():
         x = x0.detach().float().requires_grad_(True)
         images = (model.vqvae.decode(x.to(model.dtype)).sample.float() + 1.0) / 2.0
-        down = F.interpolate(images, size=lr.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
+        down = downsample_bicubic(images, lr.shape[-2:])
         residual = down - lr.float()
         energy = 0.5 * residual.pow(2).flatten(1).sum(dim=1)
         (grad,) = torch.autograd.grad(energy.sum(), x)

@@ -37,6 +37,7 @@ def test_bundled_checkpoint_is_small_and_float32_in_memory(bundled):
     assert size <= 25e6
     assert bundled.dtype == torch.float32 and bundled.vqvae.dtype == torch.float32
     assert bundled.scale_factor == 4 and bundled.latent_channels == 3
+    assert bundled.hr_multiple == 16  # x4 VQ, UNet of three levels: AID 150 px crops to 144
     assert bundled.unet.config.in_channels == 6
     assert bundled.scheduler.config.beta_schedule == "scaled_linear"
 

@@ -572,3 +572,37 @@ def test_real_ucmerced_full_images_batch_by_shape(data_root):
     batch = ucmerced.pairs(groups[(256, 256)][:4])
     assert batch.hr.shape == (4, 3, 256, 256) and batch.lr.shape == (4, 3, 64, 64)
     assert all(name.startswith("ucmerced/") for name in batch.names)
+
+
+def test_one_bicubic_kernel_for_degradation_metric_and_guidance():
+    # The LR images, the LR-consistency metric and the sampler's guidance must use the same
+    # resize, or a perfect SR would be scored (and pushed) as inconsistent with its own LR.
+    from orl_gym.rewards import bicubic_downsample
+    from orl_gym.sampler import lr_consistency_error
+
+    hr = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    lr = degrade(hr, scale=4)
+    assert torch.equal(bicubic_downsample(hr, 4), lr)
+    assert torch.equal(lr_consistency_error(hr, lr), torch.zeros(3))
+    assert lr_consistency_error(hr.flip(-1), lr).min() > 1e-3  # the check can fail
+
+
+def test_full_crop_to_a_model_multiple(fixture_root):
+    # A UNet that halves the latent twice needs HR sides that are multiples of 16 at x4: full crops
+    # floor to that multiple (centered), and the LR is made from the cropped HR.
+    config = DataConfig(source=str(fixture_root), crop="full", full_multiple=16, split_fractions=ALL_TRAIN, **SMALL)
+    full = _load_quietly(config)
+    shapes = full.indices_by_shape()
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in shapes)
+    (h, w), indices = next(iter(shapes.items()))
+    batch = full.pairs(indices[:2])
+    assert tuple(batch.hr.shape[-2:]) == (h, w) == full.full_crop_shape(int(indices[0]))
+    assert tuple(batch.lr.shape[-2:]) == (h // 4, w // 4)
+    index = int(indices[0])
+    image = full.image(index).float() / 255
+    top, left = (image.shape[-2] - h) // 2, (image.shape[-1] - w) // 2
+    assert torch.equal(batch.hr[0], image[:, top:top + h, left:left + w])
+    with pytest.raises(ValueError, match="full_multiple must be a multiple of scale=4"):
+        DataConfig(crop="full", full_multiple=6)
+    with pytest.raises(ValueError, match="at most hr_size=32"):
+        DataConfig(crop="full", hr_size=32, full_multiple=48)

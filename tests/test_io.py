@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 import torch
 
-from orl_gym.io import atomic_open, atomic_save, atomic_write_text
+from orl_gym.io import atomic_open, atomic_save, atomic_write_text, rerun_command, write_report
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):
@@ -22,3 +24,16 @@ def test_atomic_save_round_trip(tmp_path):
     atomic_save({"step": 3, "w": torch.ones(2)}, tmp_path / "ckpt" / "state.pt")
     loaded = torch.load(tmp_path / "ckpt" / "state.pt")
     assert loaded["step"] == 3 and torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_rerun_command_quotes_arguments():
+    command = rerun_command("/somewhere/experiments/bench_env.py", ["--out", "my results/x.md", "--threads", "1"])
+    assert command == "python experiments/bench_env.py --out 'my results/x.md' --threads 1"
+    assert shlex.split(command)[3] == "my results/x.md"
+
+
+def test_write_report_is_newline_terminated_and_printed(tmp_path, capsys):
+    path = tmp_path / "out" / "report.md"
+    text = write_report(path, ["# Title", "", "| a |", ""])
+    assert path.read_text() == text == "# Title\n\n| a |\n"
+    assert capsys.readouterr().out == text
