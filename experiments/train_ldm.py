@@ -19,7 +19,8 @@ Stage 2 (``unet``): UNet2DModel on ``concat(z_t, 2 * LR - 1)`` (6 channels), eps
 ``z_t = DDPMScheduler.add_noise(z_0, eps, t)`` with the reference schedule (scaled_linear
 0.0015..0.0155, 1000 steps), ``z_0 = vqvae.encode(hr).latents`` of the frozen VQ (pre-quantization
 latents: the pipeline's ``vqvae.decode`` quantizes). The frozen encoder runs once over whole
-training images (it is fully convolutional) and training takes aligned random crops of those
+training images (convolutional; an optional mid-block attention then attends over the whole
+image) and training takes aligned random crops of those
 latents and of the LR image: encoding each batch again would cost more than the UNet step.
 
 Output folder (``--out``)::
@@ -63,7 +64,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel, VQModel
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
@@ -150,7 +151,8 @@ class TrainConfig:
             latent_channels=self.latent_channels, vq_channels=tuple(self.vq_channels),
             vq_layers_per_block=self.vq_layers_per_block, num_vq_embeddings=self.codebook_size,
             unet_channels=tuple(self.unet_channels), unet_layers_per_block=self.unet_layers_per_block,
-            attention_levels=tuple(self.attention_levels), norm_num_groups=self.norm_num_groups,
+            attention_levels=tuple(self.attention_levels), vq_mid_attention=self.vq_mid_attention,
+            unet_mid_attention=self.unet_mid_attention, norm_num_groups=self.norm_num_groups,
         )
 
 
@@ -374,25 +376,39 @@ def build_model(cfg: TrainConfig) -> LDMSR:
     train/test mismatch for full-image inference, and on the CPU it is quadratic in image area.
     Dropping it keeps both networks fully convolutional (the diffusers configs record it, so the
     pipeline and load_ldmsr rebuild the same modules).
+
+    The flags go to the constructors. (Until 2026-11-26 this function rebuilt the networks with
+    ``from_config({**config, "mid_block_add_attention": False})``, which diffusers ignores for
+    keys that were defaults at construction (``_use_default_values``): runs trained before then,
+    the bundled model's included, have both attention layers whatever their config says.)
     """
-    model = cfg.architecture.build(seed=cfg.seed, device="cpu")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 7)
-        if not cfg.vq_mid_attention:
-            codebook = model.vqvae.quantize.embedding.weight.detach().clone()
-            model.vqvae = VQModel.from_config({**model.vqvae.config, "mid_block_add_attention": False})
-            model.vqvae.quantize.embedding.weight.data.copy_(codebook)
-        if not cfg.unet_mid_attention:
-            model.unet = UNet2DModel.from_config({**model.unet.config, "add_attention": False})
-    return model.to(cfg.device)
+    return cfg.architecture.build(seed=cfg.seed, device=cfg.device)
+
+
+def load_checked(module: torch.nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict`` with an error that says which architecture flag disagrees."""
+    expected, found = set(module.state_dict()), set(state)
+    if expected != found:
+        def attention(keys: set[str]) -> str:
+            return "with" if any(".mid_block.attentions." in k for k in keys) else "without"
+
+        extra, missing = sorted(found - expected), sorted(expected - found)
+        raise RuntimeError(
+            f"{what}: the checkpoint does not fit the configured network (checkpoint "
+            f"{attention(found)} mid-block attention, network {attention(expected)}; unexpected "
+            f"{extra[:3]}, missing {missing[:3]}). If only the attention differs, the run was trained "
+            f"{attention(found)} it: set vq_mid_attention / unet_mid_attention to match in the run's "
+            "run_config.json (runs trained before 2026-11-26 have it, whatever their config says)"
+        )
+    module.load_state_dict(state)
 
 
 def load_vq_weights(model: LDMSR, vq_ckpt: dict) -> None:
-    model.vqvae.load_state_dict(vq_ckpt["model"])
+    load_checked(model.vqvae, vq_ckpt["model"], "VQ checkpoint")
 
 
 def load_unet_weights(model: LDMSR, unet_ckpt: dict, *, ema: bool = True) -> None:
-    model.unet.load_state_dict(unet_ckpt["model"])
+    load_checked(model.unet, unet_ckpt["model"], "UNet checkpoint")
     if ema and unet_ckpt.get("ema") is not None:
         shadow = EMAModel(model.unet.parameters())
         shadow.load_state_dict(unet_ckpt["ema"])
@@ -406,6 +422,27 @@ EVAL_BEGIN, EVAL_END = "<!-- eval:begin -->", "<!-- eval:end -->"
 def _last_val(history: list[dict]) -> float | None:
     vals = [h["val"] for h in history if "val" in h]
     return vals[-1] if vals else None
+
+
+def attention_description(state: dict) -> str:
+    """Where a network has self-attention, read from its weights (not from the config)."""
+    blocks = list(dict.fromkeys(k.split(".attentions.")[0] for k in state if ".attentions." in k))
+    if not blocks:
+        return "no self-attention (fully convolutional)"
+    return "self-attention in the " + ", ".join(b.replace(".", " ").replace("_", "-") for b in blocks)
+
+
+def architecture_sentence(vq_state: dict, unet_state: dict | None) -> str:
+    """The card's statement about whole-image inference, true to the weights."""
+    states = [vq_state] + ([unet_state] if unet_state else [])
+    if not any(".attentions." in k for state in states for k in state):
+        return ("Both networks are fully convolutional (no self-attention), so a model trained on small "
+                "crops runs on whole images; ")
+    return ("Both networks are convolutional apart from their self-attention layers (VQ: "
+            f"{attention_description(vq_state)}; UNet: "
+            f"{attention_description(unet_state) if unet_state else 'not trained'}), which take any "
+            "number of tokens, so a model trained on small crops runs on whole images (attending over "
+            "more tokens than in training: the evaluation below is on whole images); ")
 
 
 def decoder_facts(decoder_ckpt: dict) -> list[str]:
@@ -447,10 +484,11 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     unet_params = (sum(p.numel() for p in unet_ckpt["model"].values()) / 1e6) if unet_ckpt else 0
     row("architecture", f"diffusers VQModel, block_out_channels {arch.vq_channels}, "
         f"{arch.vq_layers_per_block} layer/block, {arch.latent_channels} latent channels, "
-        f"{arch.num_vq_embeddings} codes, no mid-block attention ({vq_params:.2f} M params)",
+        f"{arch.num_vq_embeddings} codes, {attention_description(vq_ckpt['model'])} "
+        f"({vq_params:.2f} M params)",
         f"diffusers UNet2DModel, in 6 (latent + LR) / out 3, block_out_channels "
-        f"{arch.unet_channels}, {arch.unet_layers_per_block} layer/block, no attention "
-        f"({unet_params:.2f} M params)")
+        f"{arch.unet_channels}, {arch.unet_layers_per_block} layer/block, "
+        f"{attention_description(unet_ckpt['model']) if unet_ckpt else ''} ({unet_params:.2f} M params)")
     row("objective", f"L1 x {vq_cfg['vq_l1_weight']} + MSE x {vq_cfg['vq_mse_weight']} + codebook + "
         f"{vq_cfg['vq_commit_beta']} x commitment; dead codes re-seeded every "
         f"{vq_cfg['vq_restart_every']} steps",
@@ -532,9 +570,8 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "sr = pipe(lr * 2 - 1, num_inference_steps=100, eta=0.0, output_type=\"pt\").images",
         "```",
         "",
-        "Both networks are fully convolutional (no self-attention), so a model trained on small "
-        "crops runs on whole images; the LR side must be a multiple of 4 (the UNet's three "
-        "levels), i.e. HR a multiple of 16.",
+        architecture_sentence(vq_ckpt["model"], unet_ckpt["model"] if unet_ckpt else None)
+        + "the LR side must be a multiple of 4 (the UNet's three levels), i.e. HR a multiple of 16.",
         "",
         "## Training",
         "",
@@ -800,7 +837,7 @@ def load_decoder_weights(vqvae: torch.nn.Module, vq_ckpt: dict, decoder_ckpt: di
             f"step {vq_ckpt['step']}; move the decoder checkpoint away and fine-tune again")
     state = vqvae.state_dict()
     state.update(decoder_ckpt[key])
-    vqvae.load_state_dict(state)
+    load_checked(vqvae, state, "decoder checkpoint")
 
 
 def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:

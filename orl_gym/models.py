@@ -223,6 +223,9 @@ class LDMSRArchitecture:
     """Size of a randomly initialised LDM-SR model (diffusers components, CompVis layout).
 
     The VQ decoder upsamples by 2 ** (len(vq_channels) - 1); with three levels that is x4.
+    ``vq_mid_attention`` / ``unet_mid_attention``: the self-attention layer of each network's
+    mid-block (diffusers' ``mid_block_add_attention`` / ``add_attention``, on by default as in
+    diffusers); off makes the network fully convolutional.
     """
 
     latent_channels: int = 3
@@ -232,6 +235,8 @@ class LDMSRArchitecture:
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, True, False)
+    vq_mid_attention: bool = True
+    unet_mid_attention: bool = True
     norm_num_groups: int = 8
     num_train_timesteps: int = 1000
     scheduler: dict = field(default_factory=lambda: {
@@ -251,7 +256,7 @@ class LDMSRArchitecture:
                 up_block_types=("UpDecoderBlock2D",) * levels,
                 block_out_channels=self.vq_channels, layers_per_block=self.vq_layers_per_block,
                 num_vq_embeddings=self.num_vq_embeddings, norm_num_groups=self.norm_num_groups,
-                vq_embed_dim=self.latent_channels,
+                vq_embed_dim=self.latent_channels, mid_block_add_attention=self.vq_mid_attention,
             )
             # Spread the codebook like the N(0, I) latents the diffusion produces: diffusers'
             # uniform(+-1/n) init snaps every latent to nearly the same code, so a random model's
@@ -263,7 +268,7 @@ class LDMSRArchitecture:
                 in_channels=self.latent_channels + 3, out_channels=self.latent_channels,
                 down_block_types=down, up_block_types=up,
                 block_out_channels=self.unet_channels, layers_per_block=self.unet_layers_per_block,
-                norm_num_groups=self.norm_num_groups,
+                norm_num_groups=self.norm_num_groups, add_attention=self.unet_mid_attention,
             )
         scheduler = DDIMScheduler(num_train_timesteps=self.num_train_timesteps, **self.scheduler)
         return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source="<random init>").to(device)

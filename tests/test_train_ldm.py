@@ -147,3 +147,26 @@ def test_decoder_stage_keeps_latents_and_exports_best_weights(train_ldm, synthet
     assert train_ldm.main(_args(out, synthetic_data, 4, 3, "--stages", "vq", "--no-export")) == 0
     with pytest.raises(RuntimeError, match="fine-tune again"):
         train_ldm.main(_args(out, synthetic_data, 4, 3, "--export-only"))
+
+
+@pytest.mark.parametrize("vq_attention,unet_attention", [(False, False), (True, False), (False, True)])
+def test_mid_attention_flags_reach_the_networks(train_ldm, vq_attention, unet_attention):
+    # Until 2026-11-26 the flags were applied with from_config, which diffusers ignores for keys
+    # left at their default: every run got attention whatever it asked for.
+    cfg = train_ldm.TrainConfig(out="", vq_channels=(8, 16, 16), unet_channels=(16, 16, 16),
+                                codebook_size=32, vq_mid_attention=vq_attention, unet_mid_attention=unet_attention)
+    model = train_ldm.build_model(cfg)
+
+    def has_attention(module):
+        return any(".attentions." in k for k in module.state_dict())
+
+    assert has_attention(model.vqvae) == vq_attention and model.vqvae.config.mid_block_add_attention == vq_attention
+    assert has_attention(model.unet) == unet_attention and model.unet.config.add_attention == unet_attention
+    expected = "self-attention in the encoder mid-block, decoder mid-block" if vq_attention else "no self-attention"
+    assert train_ldm.attention_description(model.vqvae.state_dict()).startswith(expected)
+
+    # A checkpoint of the other kind is refused with the flag to change, not torch's key dump.
+    other = train_ldm.build_model(train_ldm.TrainConfig(**{**cfg.__dict__, "vq_mid_attention": not vq_attention}))
+    with pytest.raises(RuntimeError, match="vq_mid_attention / unet_mid_attention"):
+        train_ldm.load_vq_weights(model, {"model": other.vqvae.state_dict()})
+    train_ldm.load_vq_weights(model, {"model": model.vqvae.state_dict()})  # the matching one loads
