@@ -41,6 +41,7 @@ __all__ = [
     "guide_x0",
     "guidance_cost_in_unet_calls",
     "decode",
+    "vq_decode",
     "lr_consistency_error",
     "make_generators",
 ]
@@ -264,11 +265,36 @@ def init_state(
     )
 
 
+QUANTIZE_BLOCK_ROWS = 256
+"""Latent vectors per block of the codebook search in :func:`vq_decode` (one 64x64 HR image)."""
+
+
+def vq_decode(model: LDMSR, latents: torch.Tensor) -> torch.Tensor:
+    """``model.vqvae.decode(latents).sample`` (images in about [-1, 1]), the same values, faster
+    on large batches.
+
+    diffusers' VectorQuantizer takes one ``argmin(cdist(z, codebook))`` over all B * h * w latent
+    vectors at once: a (16384, 8192) float32 matrix (0.5 GB) for 64 images of the bundled
+    model, about a third of the whole decode on a CPU. The same ``cdist`` on blocks of rows gives
+    the same codes (tests compare with ``vqvae.decode``) in half the time at B = 64. Then, as in
+    diffusers, the straight-through ``z + (z_q - z).detach()`` (gradients reach ``latents``
+    unchanged, which the guidance needs) and the decoder without a second quantization.
+    """
+    vqvae = model.vqvae
+    if vqvae.config.lookup_from_codebook:  # decode(force_not_quantize=True) would read indices
+        return vqvae.decode(latents).sample
+    codebook = vqvae.quantize.embedding.weight
+    z = latents.permute(0, 2, 3, 1).contiguous()
+    rows = z.detach().view(-1, z.shape[-1])
+    codes = torch.cat([torch.cdist(block, codebook).argmin(dim=1) for block in rows.split(QUANTIZE_BLOCK_ROWS)])
+    z_q = z + (codebook[codes].view(z.shape) - z).detach()
+    return vqvae.decode(z_q.permute(0, 3, 1, 2).contiguous(), force_not_quantize=True).sample
+
+
 def decode(model: LDMSR, latents_or_state: torch.Tensor | SamplerState) -> torch.Tensor:
     """VQ-decode latents (or a state's current latents) to images in [0, 1], (B, 3, H, W)."""
     latents = latents_or_state.latents if isinstance(latents_or_state, SamplerState) else latents_or_state
-    image = model.vqvae.decode(latents).sample
-    return (image.clamp(-1.0, 1.0) + 1.0) / 2.0
+    return (vq_decode(model, latents).clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
 def lr_consistency_error(images: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
@@ -288,7 +314,7 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
     """
     with torch.enable_grad():
         x = x0.detach().float().requires_grad_(True)
-        images = (model.vqvae.decode(x.to(model.dtype)).sample.float() + 1.0) / 2.0
+        images = (vq_decode(model, x.to(model.dtype)).float() + 1.0) / 2.0
         down = downsample_bicubic(images, lr.shape[-2:])
         residual = down - lr.float()
         energy = 0.5 * residual.pow(2).flatten(1).sum(dim=1)

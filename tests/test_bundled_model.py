@@ -78,3 +78,10 @@ def test_diffusers_pipeline_from_pretrained_runs_two_steps(real_pair):
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 3, 256, 256)
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+def test_blocked_codebook_search_equals_diffusers_on_a_large_batch(bundled):
+    # 64 images of 16x16 latents: 16,384 latent vectors against 8,192 codes, in 64 blocks.
+    latents = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(sampler.vq_decode(bundled, latents), bundled.vqvae.decode(latents).sample)

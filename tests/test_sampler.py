@@ -158,3 +158,16 @@ def test_guidance_cost_counts_decoder_flops(tiny_model):
     cost = sampler.guidance_cost_in_unet_calls(tiny_model, (LR_SIZE, LR_SIZE))
     assert cost == sampler.guidance_cost_in_unet_calls(tiny_model, (LR_SIZE, LR_SIZE))  # deterministic
     assert 1.0 < cost < 100.0  # a full-resolution decoder pass and its backward: several UNet calls
+
+
+def test_vq_decode_equals_diffusers_decode_values_and_gradients(tiny_model):
+    # Blocks of 256 latent vectors: 6 images of 8x8 latents make 384 rows, a full and a partial block.
+    latents = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.5
+    with torch.no_grad():
+        assert torch.equal(sampler.vq_decode(tiny_model, latents), tiny_model.vqvae.decode(latents).sample)
+    grads = []
+    for decode in (sampler.vq_decode, lambda m, z: m.vqvae.decode(z).sample):
+        x = latents.clone().requires_grad_(True)
+        (decode(tiny_model, x) * torch.linspace(-1, 1, 32)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
