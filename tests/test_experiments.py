@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,33 @@ def test_bench_rewards_times_loop_and_batch_and_states_the_bound(lpips_cache, tm
     assert "| cpu, 1 thread | 64 | reward: final (baseline from reset) |" in text
     assert "| cpu, 1 thread | 64 | UNet call (bundled model) |" in text
     assert "Arithmetic bound for 8x: the batched final reward is at least" in text
+
+
+def test_vq_rate_distortion_compares_codecs_at_the_vq_rate(preset, data_root, tmp_path):
+    module = _script("vq_rate_distortion")
+    model_dir = yaml.safe_load(preset.read_text())["model"]
+    out = tmp_path / "vq_rd.md"
+    assert module.main(["--model", model_dir, "--datasets", str(data_root / "ucmerced"), "--max-images", "2",
+                        "--threads", "1", "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith(f"| {data_root / 'ucmerced'} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    fixed_rate = float(cells[2].split("/")[0])
+    codes = json.loads((Path(model_dir) / "vqvae" / "config.json").read_text())["num_vq_embeddings"]
+    assert fixed_rate == pytest.approx(math.log2(codes) / 16, abs=1e-3)  # one index per 4x4 patch
+    for cell in cells[6:8]:  # JPEG, WebP: "PSNR (rate bpp, q Q)", the rate within the budget
+        rate = float(cell.split("(")[1].split(" bpp")[0])
+        assert 0 < rate <= fixed_rate
+
+
+def test_codec_search_takes_the_highest_quality_within_the_budget():
+    import numpy as np
+
+    module = _script("vq_rate_distortion")
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (2, 8, 8, 3)), np.ones((1, 8, 8, 1))).astype(np.uint8)
+    tiles = np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
+    for codec in ("JPEG", "WEBP"):
+        decoded, rate, quality = module.best_under_rate(tiles, codec, 1.0)
+        assert decoded.shape == tiles.shape and rate <= 1.0
+        if quality < 100:  # one step up no longer fits: the search did not stop early
+            assert 8 * len(module.encode(module.mosaic(tiles), codec, quality + 1)) > 1.0 * tiles[..., 0].size
