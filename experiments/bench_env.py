@@ -98,15 +98,25 @@ def machinery_ratio(env: LDMSuperResolutionVectorEnv, *, repeats: int) -> tuple[
 def bench_threads(threads: int, kwargs: dict, args: argparse.Namespace) -> str:
     """The report section for one torch thread count: rates, machinery ratio, arithmetic bound."""
     torch.set_num_threads(threads)
-    rows, rates = [], {}
-    for n in args.num_envs:
-        env = LDMSuperResolutionVectorEnv(num_envs=n, **kwargs)
-        rates[n] = {mode: steps_per_second(env, steps=args.steps, seed=0, plain=mode == "plain")
-                    for mode in ("random", "plain")}
-        first = rates[args.num_envs[0]]
-        rows.append(f"| {n} | {rates[n]['random']:.1f} | {rates[n]['random'] / first['random']:.1f}x "
-                    f"| {rates[n]['plain']:.1f} | {rates[n]['plain'] / first['plain']:.1f}x |")
-        print(f"threads {threads}, N={n}: {rates[n]} env-steps/s", file=sys.stderr)
+    envs = {n: LDMSuperResolutionVectorEnv(num_envs=n, **kwargs) for n in args.num_envs}
+    # Round-robin over N and action kind, --rate-repeats times: one short timing of a small batch
+    # varies by +-20% from run to run here, and the median of interleaved runs cancels drifts.
+    samples: dict[int, dict[str, list[float]]] = {n: {"random": [], "plain": []} for n in args.num_envs}
+    for repeat in range(args.rate_repeats):
+        for n, env in envs.items():
+            for mode in ("random", "plain"):
+                samples[n][mode].append(steps_per_second(env, steps=args.steps, seed=repeat, plain=mode == "plain"))
+            print(f"threads {threads}, repeat {repeat}, N={n}: "
+                  f"{ {m: round(v[-1], 1) for m, v in samples[n].items()} } env-steps/s", file=sys.stderr)
+    rates = {n: {mode: float(np.median(v)) for mode, v in by_mode.items()} for n, by_mode in samples.items()}
+    del envs
+    first = rates[args.num_envs[0]]
+
+    def cell(n: int, mode: str) -> str:
+        values = samples[n][mode]
+        return f"{rates[n][mode]:.1f} ({min(values):.1f}-{max(values):.1f}) | {rates[n][mode] / first[mode]:.1f}x"
+
+    rows = [f"| {n} | {cell(n, 'random')} | {cell(n, 'plain')} |" for n in args.num_envs]
     n_one, n_max = args.num_envs[0], max(args.num_envs)
     env = LDMSuperResolutionVectorEnv(num_envs=n_max, **kwargs)
     episode_s, work_s, ratio = machinery_ratio(env, repeats=args.repeats)
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--steps", type=int, default=20, help="timed batched steps per N")
     parser.add_argument("--repeats", type=int, default=3, help="episodes for the machinery ratio")
+    parser.add_argument("--rate-repeats", type=int, default=3,
+                        help="timings of each N and action kind, interleaved; the table gives their median")
     parser.add_argument("--out", default="experiments/results/bench_env.md")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch CPU thread counts, each measured in turn (default: torch's)")
@@ -170,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine}",
         "",
-        f"{args.steps} timed batched steps after 3 warm-up steps. Random actions use all four parameters "
+        f"Env-steps/s: median (range) of {args.rate_repeats} interleaved timings of {args.steps} batched steps, "
+        "each after 3 warm-up steps; the speed-ups are ratios of medians. Random actions use all four parameters "
         "(guidance, on half of the steps, adds a decoder forward and backward per guided image); the plain "
         "action is the default DDIM step (stride 1, eta 0, no guidance). Both N of a ratio ran with the "
         "same torch thread count.",

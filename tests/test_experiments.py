@@ -80,9 +80,12 @@ def test_report_results_from_two_runs(preset, tmp_path):
 def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path):
     out = tmp_path / "bench_env.md"
     assert _script("bench_env").main(["--preset", str(preset), "--num-envs", "1", "2", "--steps", "2",
-                                      "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+                                      "--repeats", "1", "--rate-repeats", "2", "--threads", "1", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "## torch threads: 1" in text and "| 2 |" in text and "Machinery ratio at N = 2" in text
+    assert "## torch threads: 1" in text and "Machinery ratio at N = 2" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 2 |"))
+    median, low, high = (float(x) for x in row.split("|")[2].replace("(", " ").replace(")", " ").replace("-", " ").split())
+    assert 0 < low <= median <= high  # the median of the interleaved timings, within their range
     bounds = [line for line in text.splitlines() if line.startswith("- ") and "MFLOP per env step" in line]
     assert len(bounds) == 2  # random actions and the plain action
     assert all("GFLOP/s" in line and "ceiling" in line for line in bounds)
