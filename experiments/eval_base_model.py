@@ -21,6 +21,9 @@ the raw numbers go to ``eval_results.json`` next to it.
 Example (a CPU-sized subset, a few minutes)::
 
     ORL_GYM_DATA=../shared/data python experiments/eval_base_model.py --max-images 16
+
+The card's table can be written again from the saved per-image scores, without measuring anew
+(say, after a change of this formatting): ``--from-results orl_gym/assets/ldm-sr-tiny-x4/eval_results.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
+from orl_gym.evaluation import paired_interval
+from orl_gym.io import atomic_write_text, rerun_command
 from orl_gym.models import bundled_model_path, load_ldmsr
 
 CARD_BEGIN, CARD_END = "<!-- eval:begin -->", "<!-- eval:end -->"
@@ -63,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--card", default=None,
                    help="model card to write the table into (default: <model folder>/README.md)")
     p.add_argument("--no-card", action="store_true", help="print the table only")
+    p.add_argument("--from-results", type=Path, default=None,
+                   help="write the card from this eval_results.json (its per-image scores), measuring nothing")
     return p.parse_args(argv)
 
 
@@ -181,7 +188,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "seed": args.seed, "device": args.device, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" if args.device == "cpu" else args.device,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": rerun_command(__file__, args.argv),
     }
     return results
 
@@ -201,6 +208,14 @@ def markdown(results: dict) -> str:
     ]
     has_lpips = not results["lpips"].startswith(("n/a", "skipped"))
     checks = []
+
+    def interval(values: list[float], reference: list[float] | None = None, digits: int = 2) -> str:
+        # Mean (of the paired differences, with a reference) and its 95% t interval over images:
+        # the verdicts use the mean, as the targets are stated; the interval says how firm it is.
+        _, low, high = paired_interval(values, reference if reference is not None else [0.0] * len(values))
+        sign = "+" if reference is not None else ""
+        return f"95% CI [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
     for name, data in results["datasets"].items():
         shapes = ", ".join(f"{h}x{w}" for h, w in data["hr_shapes"])
         lines += [f"**{name}** ({data['images']} test images, HR {shapes})", "",
@@ -211,19 +226,22 @@ def markdown(results: dict) -> str:
             lines.append(f"| {label.get(method, method)} | {m['psnr']:.2f} | {m['ssim']:.4f} | {lp} | "
                          f"{m['colour_offset']:.2f} | {data['seconds_per_image_batched'][method]:.3f} |")
         lines.append("")
-        metrics = data["metrics"]
+        metrics, per_image = data["metrics"], data["per_image"]
         bic = metrics["bicubic"]
-        checks.append(f"- {name}: VQ reconstruction {metrics['vq_reconstruction']['psnr']:.2f} dB "
-                      f"(target >= 28): **{'met' if metrics['vq_reconstruction']['psnr'] >= 28 else 'not met'}**")
+        vq = metrics["vq_reconstruction"]["psnr"]
+        checks.append(f"- {name}: VQ reconstruction {vq:.2f} dB ({interval(per_image['vq_reconstruction']['psnr'])}) "
+                      f"(target >= 28): **{'met' if vq >= 28 else 'not met'}**")
         for sampler in (m for m in metrics if m.startswith("ddim")):
             s = metrics[sampler]
             psnr_ok = s["psnr"] >= bic["psnr"] - 1.5
             text = (f"- {name}, {label[sampler]}: PSNR {s['psnr'] - bic['psnr']:+.2f} dB vs bicubic "
+                    f"({interval(per_image[sampler]['psnr'], per_image['bicubic']['psnr'])}) "
                     f"(target >= -1.5): **{'met' if psnr_ok else 'not met'}**")
             if has_lpips:
                 lp_ok = s["lpips"] < bic["lpips"]
-                text += (f"; LPIPS {s['lpips']:.4f} vs bicubic {bic['lpips']:.4f} (target: lower): "
-                         f"**{'met' if lp_ok else 'not met'}**")
+                text += (f"; LPIPS {s['lpips']:.4f} vs bicubic {bic['lpips']:.4f} (difference "
+                         f"{interval(per_image[sampler]['lpips'], per_image['bicubic']['lpips'], digits=4)}) "
+                         f"(target: lower): **{'met' if lp_ok else 'not met'}**")
             else:
                 text += "; LPIPS target not measured (no real LPIPS weights here)"
             checks.append(text)
@@ -243,16 +261,15 @@ def write_card(card: Path, table: str) -> None:
         text = head + block + rest.split(CARD_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n## Evaluation\n\n" + block + "\n"
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, card)
+    atomic_write_text(card, text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    results = evaluate(args)
+    results = json.loads(args.from_results.read_text()) if args.from_results else evaluate(args)
     table = markdown(results)
     print(table)
     if not args.no_card:
@@ -260,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         card = Path(args.card) if args.card else folder / "README.md"
         write_card(card, table)
         json_path = card.with_name("eval_results.json")
-        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        if not args.from_results:
+            atomic_write_text(json_path, json.dumps(results, indent=1) + "\n")
         print(f"wrote {card} and {json_path}", file=sys.stderr)
     return 0
 

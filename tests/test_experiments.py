@@ -134,3 +134,27 @@ def test_codec_search_takes_the_highest_quality_within_the_budget():
         assert decoded.shape == tiles.shape and rate <= 1.0
         if quality < 100:  # one step up no longer fits: the search did not stop early
             assert 8 * len(module.encode(module.mosaic(tiles), codec, quality + 1)) > 1.0 * tiles[..., 0].size
+
+
+def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path):
+    module = _script("eval_base_model")
+    per_image = {"bicubic": {"psnr": [25.0, 26.0, 27.0], "lpips": [0.5, 0.6, 0.7]},
+                 "vq_reconstruction": {"psnr": [29.0, 30.0, 31.0], "lpips": [0.2, 0.2, 0.2]},
+                 "ddim50_eta1": {"psnr": [24.0, 24.5, 25.0], "lpips": [0.3, 0.45, 0.6]}}
+    metrics = {m: {k: sum(v) / 3 for k, v in s.items()} | {"ssim": 0.5, "colour_offset": 1.0}
+               for m, s in per_image.items()}
+    results = {"lpips": "alex (real ImageNet weights)", "seconds_per_256px_image": {"ddim50_eta1": 2.0},
+               "setup": {"date": "d", "command": "c", "split": "test", "device": "cpu", "machine": "m",
+                         "threads": 1, "seed": 0},
+               "datasets": {"toy": {"images": 3, "hr_shapes": [(64, 64)], "metrics": metrics, "per_image": per_image,
+                                    "seconds_per_image_batched": {m: 0.1 for m in per_image}}}}
+    saved = tmp_path / "eval_results.json"
+    saved.write_text(json.dumps(results))
+    card = tmp_path / "README.md"
+    assert module.main(["--from-results", str(saved), "--card", str(card)]) == 0
+    text = card.read_text()
+    # VQ mean 30, sd 1, n 3: t(0.975, 2) = 4.303 -> 30 +- 2.48; DDIM - bicubic: -1.5 +- 2.48 * 0.5.
+    assert "VQ reconstruction 30.00 dB (95% CI [27.52, 32.48]) (target >= 28): **met**" in text
+    assert "PSNR -1.50 dB vs bicubic (95% CI [-2.74, -0.26]) (target >= -1.5): **met**" in text
+    assert "(difference 95% CI [-0.2742, -0.0258]) (target: lower): **met**" in text  # -0.15 +- 4.303 * 0.05 / sqrt 3
+    assert json.loads(saved.read_text()) == json.loads(json.dumps(results))  # the scores are not rewritten
