@@ -191,6 +191,11 @@ class TrainingMonitor(BaseCallback):
     ``reward_curve.csv`` / ``.png`` (episode reward against timesteps, the paper's Figure 3),
     ``validation.csv`` (timesteps, mean validation reward), ``training.json`` (timesteps and wall
     time of every ``learn()`` call, so a run's cost is known without its large checkpoints).
+
+    A run whose length is a multiple of ``eval_freq`` ends with two validation rows at the same
+    timestep count: the periodic one, taken while the last rollout was collected (the policy
+    before its last update), and the final one after ``learn()`` returns (the trained policy).
+    They are different policies, so both are kept.
     """
 
     def __init__(self, run_dir: Path, *, evaluate: Callable[[BaseAlgorithm], float] | None = None,
