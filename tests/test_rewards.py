@@ -573,3 +573,16 @@ def test_reward_on_cuda_matches_cpu(reward_model, alex_weights):
     on_cpu = reward_model.final(sr, hr, lr, nfe=nfe, reference_nfe=50)
     assert on_cuda.reward.device.type == "cuda"
     torch.testing.assert_close(on_cuda.reward.cpu(), on_cpu.reward, atol=1e-4, rtol=0)
+
+
+def test_ssim_in_cpu_chunks_equals_one_pass(monkeypatch):
+    # The chunks only bound the working set: every image's SSIM is the one a single pass gives.
+    import orl_gym.rewards as rewards_module
+
+    gen = torch.Generator().manual_seed(3)
+    sr, hr = torch.rand(13, 3, 24, 24, generator=gen), torch.rand(13, 3, 24, 24, generator=gen)
+    one_pass = rewards_module.ssim(sr, hr)
+    monkeypatch.setattr(rewards_module, "_SSIM_CPU_CHUNK_BYTES", 1)  # one image per chunk
+    assert torch.allclose(rewards_module.ssim(sr, hr), one_pass, atol=1e-6, rtol=0)
+    monkeypatch.setattr(rewards_module, "_SSIM_CPU_CHUNK_BYTES", 5 * 2 * 5 * 3 * 34 * 34 * 4)  # chunks of 5
+    assert torch.allclose(rewards_module.ssim(sr, hr, padding="reflect"), one_pass, atol=1e-6, rtol=0)
