@@ -303,6 +303,10 @@ def lr_consistency_error(images: torch.Tensor, lr: torch.Tensor) -> torch.Tensor
     return (down - lr).pow(2).flatten(1).mean(dim=1)
 
 
+GUIDANCE_CPU_CHUNK_PIXELS = 16 * 64 * 64
+"""Decoded pixels per chunk of :func:`guide_x0` on CPU (16 images of 64x64: 16x16 latents at x4)."""
+
+
 def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """Pull x0_hat toward agreement with the LR input: a damped Polyak step on the LR error.
 
@@ -312,13 +316,26 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
     LR disagreement to remove", independent of the decoder's gain. Costs one decoder forward and
     backward (one ``guidance_evals``) per guided sample; only samples with strength > 0 pay it.
     """
-    with torch.enable_grad():
-        x = x0.detach().float().requires_grad_(True)
-        images = (vq_decode(model, x.to(model.dtype)).float() + 1.0) / 2.0
-        down = downsample_bicubic(images, lr.shape[-2:])
-        residual = down - lr.float()
-        energy = 0.5 * residual.pow(2).flatten(1).sum(dim=1)
-        (grad,) = torch.autograd.grad(energy.sum(), x)
+    chunk = len(x0)
+    if x0.device.type == "cpu":
+        # The samples are independent, so a CPU batch runs in chunks whose decoder activations
+        # (kept for the backward pass) stay cache-sized: 1.3-1.6x faster at B = 64 on the 2-core
+        # dev machine than one pass. One pass on other devices.
+        scale = model.scale_factor
+        chunk = max(1, GUIDANCE_CPU_CHUNK_PIXELS // (x0.shape[-2] * x0.shape[-1] * scale * scale))
+    energies, grads = [], []
+    for x0_part, lr_part in zip(x0.split(chunk), lr.split(chunk), strict=True):
+        with torch.enable_grad():
+            x = x0_part.detach().float().requires_grad_(True)
+            images = (vq_decode(model, x.to(model.dtype)).float() + 1.0) / 2.0
+            down = downsample_bicubic(images, lr_part.shape[-2:])
+            residual = down - lr_part.float()
+            energy = 0.5 * residual.pow(2).flatten(1).sum(dim=1)
+            (grad,) = torch.autograd.grad(energy.sum(), x)
+        energies.append(energy.detach())
+        grads.append(grad)
+    energy, grad = torch.cat(energies), torch.cat(grads)
+    x = x0.detach().float()
     grad_sq = grad.pow(2).flatten(1).sum(dim=1).clamp_min(1e-12)
     step_size = (strength.float() * energy.detach() / grad_sq).view(-1, 1, 1, 1)
     return (x.detach() - step_size * grad).to(x0.dtype)

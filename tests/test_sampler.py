@@ -171,3 +171,15 @@ def test_vq_decode_equals_diffusers_decode_values_and_gradients(tiny_model):
         (decode(tiny_model, x) * torch.linspace(-1, 1, 32)).sum().backward()
         grads.append(x.grad)
     assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
+def test_guidance_in_cpu_chunks_equals_one_pass(tiny_model, monkeypatch):
+    # Samples are independent: chunking (for cache locality on CPU) must not change any of them.
+    x0 = torch.randn(5, 3, LR_SIZE, LR_SIZE, generator=torch.Generator().manual_seed(2))
+    lr, strength = _lr(5), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    monkeypatch.setattr(sampler, "GUIDANCE_CPU_CHUNK_PIXELS", 10**9)
+    one_pass = sampler.guide_x0(tiny_model, x0, lr, strength)
+    monkeypatch.setattr(sampler, "GUIDANCE_CPU_CHUNK_PIXELS", 2 * (4 * LR_SIZE) ** 2)  # chunks of 2, 2, 1
+    chunked = sampler.guide_x0(tiny_model, x0, lr, strength)
+    torch.testing.assert_close(chunked, one_pass, atol=1e-5, rtol=0)  # kernels differ by batch size
+    assert torch.equal(chunked[0], x0[0]) and not torch.equal(chunked[4], x0[4])  # strength 0 leaves x0 as is
