@@ -335,10 +335,9 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
         energies.append(energy.detach())
         grads.append(grad)
     energy, grad = torch.cat(energies), torch.cat(grads)
-    x = x0.detach().float()
     grad_sq = grad.pow(2).flatten(1).sum(dim=1).clamp_min(1e-12)
-    step_size = (strength.float() * energy.detach() / grad_sq).view(-1, 1, 1, 1)
-    return (x.detach() - step_size * grad).to(x0.dtype)
+    step_size = (strength.float() * energy / grad_sq).view(-1, 1, 1, 1)
+    return (x0.detach().float() - step_size * grad).to(x0.dtype)
 
 
 @torch.no_grad()
