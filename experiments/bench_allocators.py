@@ -2,9 +2,11 @@
 
     python experiments/bench_allocators.py [--num-envs 64] [--steps 30] [--out experiments/results/bench_allocators.md]
 
-glibc's default malloc keeps freed tensor memory in its heap, so the batched env's resident memory
-ratchets up on a long run (experiments/soak_env.py: about +20% after warm-up, while the bytes in
-use stay flat). Two remedies keep it flat: a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``: big
+glibc's default malloc keeps freed tensor memory in its heap. While the env's decode went through
+diffusers' quantizer (one 0.5 GB distance matrix per decode of 64 images, before
+``orl_gym.sampler.vq_decode``), the batched env's resident memory ratcheted up on a long run
+(experiments/soak_env.py: about +20% after warm-up, while the bytes in use stayed flat); with the
+current code it stays flat under the default. Two remedies keep retention in check if it returns: a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``: big
 blocks go back to the OS on free) and jemalloc put in front of glibc (``LD_PRELOAD``). Both cost
 speed, because freed memory has to be faulted in again. This script measures that cost: each
 setting runs in a fresh child process (the allocator is chosen at process start) that times

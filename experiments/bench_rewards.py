@@ -253,9 +253,9 @@ def render(rows, machine: list[str], args: argparse.Namespace, unet_params: int)
         "LPIPS dominates the reward's arithmetic (its share is in the bound lines) and is "
         "compute-bound: AlexNet costs about the same per image at any batch size, so batching "
         "removes only the per-call overhead (the lpips rows). PSNR and LR-consistency are "
-        "memory-bound. SSIM's batched call allocates buffers large enough that glibc maps them "
-        "fresh on every call and the kernel page-faults them in: compare its rows with and "
-        "without the tuned allocator settings.",
+        "memory-bound. SSIM is memory-bound too; on CPU it runs in cache-sized chunks of the batch "
+        "(orl_gym.rewards), and its rows with and without the tuned allocator settings show "
+        "what allocation still costs.",
     ]
     if hasattr(os, "getloadavg"):
         load = " ".join(f"{value:.2f}" for value in os.getloadavg())

@@ -188,7 +188,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "seed": args.seed, "device": args.device, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" if args.device == "cpu" else args.device,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": rerun_command(__file__, args.argv),
+        "command": "",  # set by main(), which knows its argv
     }
     return results
 
@@ -266,10 +266,13 @@ def write_card(card: Path, table: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    results = json.loads(args.from_results.read_text()) if args.from_results else evaluate(args)
+    if args.from_results:
+        results = json.loads(args.from_results.read_text())
+    else:
+        results = evaluate(args)
+        results["setup"]["command"] = rerun_command(__file__, argv)
     table = markdown(results)
     print(table)
     if not args.no_card:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from orl_gym.data import DataConfig, PairDataset
 from orl_gym.io import machine_description, rerun_command, write_report
 from orl_gym.models import load_ldmsr
+from orl_gym.rewards import psnr
 
 REPO = Path(__file__).resolve().parents[1]
 TILES_PER_SIDE = 4  # mosaics of up to 4 x 4 images
@@ -51,11 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "vq_rate_distortion.md")
     return p.parse_args(argv)
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB over RGB, images in [0, 1] (eval_base_model's definition)."""
-    return -10 * torch.log10((x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -130,16 +126,18 @@ def measure(model, name: str, args: argparse.Namespace) -> dict:
                 hr = ds.pairs(chunk).hr
                 shapes.add(shape)
                 latents = model.vqvae.encode(hr * 2 - 1).latents
-                _, _, (_, _, codes) = model.vqvae.quantize(latents)
+                # vqvae.decode(latents) quantizes first; with the quantized latents at hand the
+                # quantized reconstruction is decode(quantized, force_not_quantize=True).
+                quantized, _, (_, _, codes) = model.vqvae.quantize(latents)
                 histogram += torch.bincount(codes.flatten().cpu(), minlength=codebook_size)
-                for key, force in (("vq", False), ("vq_continuous", True)):
-                    rec = model.vqvae.decode(latents, force_not_quantize=force).sample
-                    scores[key] += psnr((rec.clamp(-1, 1) + 1) / 2, hr).tolist()
+                for key, inputs in (("vq", quantized), ("vq_continuous", latents)):
+                    rec = model.vqvae.decode(inputs, force_not_quantize=True).sample
+                    scores[key] += psnr((rec.clamp(-1, 1) + 1) / 2, hr, check_values=False).tolist()
                 tiles = to_uint8(hr)
                 for codec in ("JPEG", "WEBP"):
                     decoded, rate, quality = best_under_rate(tiles, codec, fixed_rate)
                     out = torch.from_numpy(decoded).permute(0, 3, 1, 2).float() / 255
-                    scores[codec] += psnr(out, hr).tolist()
+                    scores[codec] += psnr(out, hr, check_values=False).tolist()
                     rates[codec] += [rate] * len(chunk)
                     qualities[codec].append(quality)
     p = histogram.double() / histogram.sum()
