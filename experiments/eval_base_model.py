@@ -218,7 +218,7 @@ def markdown(results: dict) -> str:
 
     for name, data in results["datasets"].items():
         shapes = ", ".join(f"{h}x{w}" for h, w in data["hr_shapes"])
-        lines += [f"**{name}** ({data['images']} test images, HR {shapes})", "",
+        lines += [f"**{name}** ({data['images']} {setup['split']} images, HR {shapes})", "",
                   "| method | PSNR (dB) | SSIM | LPIPS | colour offset (8-bit levels) | s / image (batched) |",
                   "|---|---|---|---|---|---|"]
         for method, m in data["metrics"].items():

@@ -15,8 +15,11 @@ Stage 1b (``decoder``, optional): fine-tunes ``post_quant_conv`` + decoder on la
 encoder, ``quant_conv`` and codebook frozen. The latents stay the same, so a UNet trained on them
 stays valid and can be trained on concurrently; the best-validation decoder weights are exported.
 
-Stage 2 (``unet``): UNet2DModel on ``concat(z_t, 2 * LR - 1)`` (6 channels), epsilon prediction,
-``z_t = DDPMScheduler.add_noise(z_0, eps, t)`` with the reference schedule (scaled_linear
+Stage 2 (``unet``): UNet2DModel on ``concat(z_t, 2 * LR - 1)`` (6 channels), predicting
+``--prediction-type``: ``epsilon`` (the reference model's), ``v_prediction``
+(``v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0``, Salimans & Ho 2022) or ``sample`` (``z_0``);
+the choice is written to the exported scheduler config, which the pipeline's and orl_gym's DDIM
+steps read. ``z_t = DDPMScheduler.add_noise(z_0, eps, t)`` with the reference schedule (scaled_linear
 0.0015..0.0155, 1000 steps), ``z_0 = vqvae.encode(hr).latents`` of the frozen VQ (pre-quantization
 latents: the pipeline's ``vqvae.decode`` quantizes). The frozen encoder runs once over whole
 training images (convolutional; an optional mid-block attention then attends over the whole
@@ -130,6 +133,10 @@ class TrainConfig:
     unet_min_lr_ratio: float = 0.05
     unet_warmup: int = 200
     ema_decay: float = 0.999
+    # What the UNet predicts; fixed by the stage's first invocation (a resume checks it). With the
+    # reference schedule abar_T = 7e-4, so an epsilon model's z_0 estimate at high t is its epsilon
+    # error times sqrt((1 - abar) / abar) ~ 38: v / sample keep that estimate bounded.
+    prediction_type: str = "epsilon"
     # common
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -153,8 +160,17 @@ class TrainConfig:
             unet_channels=tuple(self.unet_channels), unet_layers_per_block=self.unet_layers_per_block,
             attention_levels=tuple(self.attention_levels), vq_mid_attention=self.vq_mid_attention,
             unet_mid_attention=self.unet_mid_attention, norm_num_groups=self.norm_num_groups,
+            scheduler={**LDMSRArchitecture().scheduler, "prediction_type": self.prediction_type},
         )
 
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# The card's wording of each UNet objective.
+PREDICTION_OBJECTIVES = {
+    "epsilon": "epsilon-prediction MSE",
+    "v_prediction": "v-prediction MSE (v = sqrt(abar) eps - sqrt(1 - abar) z0)",
+    "sample": "z0-prediction MSE",
+}
 
 ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
                "unet_channels", "unet_layers_per_block", "attention_levels", "vq_mid_attention",
@@ -222,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--unet-min-lr-ratio", type=float, default=d.unet_min_lr_ratio)
     g.add_argument("--unet-warmup", type=int, default=d.unet_warmup)
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="UNet weight EMA (0: off)")
+    g.add_argument("--prediction-type", default=d.prediction_type, choices=PREDICTION_TYPES,
+                   help="UNet target (written to the scheduler config); fixed per UNet run")
     g = p.add_argument_group("common")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm (0: off)")
@@ -492,7 +510,8 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     row("objective", f"L1 x {vq_cfg['vq_l1_weight']} + MSE x {vq_cfg['vq_mse_weight']} + codebook + "
         f"{vq_cfg['vq_commit_beta']} x commitment; dead codes re-seeded every "
         f"{vq_cfg['vq_restart_every']} steps",
-        "epsilon-prediction MSE, t uniform in [0, 1000), DDPMScheduler.add_noise, scaled_linear "
+        f"{PREDICTION_OBJECTIVES[unet_prediction_type(unet_ckpt) if unet_ckpt else 'epsilon']}, "
+        "t uniform in [0, 1000), DDPMScheduler.add_noise, scaled_linear "
         "0.0015..0.0155 (the reference schedule), on pre-quantization latents of the frozen VQ")
     row("input", f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops, flips / 90-degree "
         "rotations, batch " + str(vq_cfg["vq_batch_size"]),
@@ -511,7 +530,8 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     vq_val = _last_val(vq_ckpt["history"])
     unet_val = _last_val(unet_ckpt["history"]) if unet_ckpt else None
     row("validation at the end", f"{vq_val:.2f} dB PSNR (24 center 128x128 crops)" if vq_val else "n/a",
-        f"eps-MSE {unet_val:.4f} (EMA weights, fixed crops / t / noise)" if unet_val else "n/a")
+        f"{VAL_NAMES[unet_prediction_type(unet_ckpt)]} {unet_val:.4f} (EMA weights, fixed crops / t / "
+        "noise)" if unet_val else "n/a")
     machine = (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
                f"{record.get('threads', '?')} torch thread(s), nice {record.get('niceness', 10)}, "
                "shared with other jobs")
@@ -604,7 +624,10 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     vq_path, unet_path = out / "vq" / "checkpoint.pt", out / "unet" / "checkpoint.pt"
     if not vq_path.exists():
         raise FileNotFoundError(f"export: no VQ checkpoint at {vq_path}")
-    model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu"}))
+    unet_ckpt = torch.load(unet_path, map_location="cpu", weights_only=False) if unet_path.exists() else None
+    # The scheduler config says what the exported UNet predicts: the checkpoint's, not the command line's.
+    prediction_type = unet_prediction_type(unet_ckpt) if unet_ckpt else cfg.prediction_type
+    model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu", "prediction_type": prediction_type}))
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
     load_vq_weights(model, vq_ckpt)
     decoder_path = out / "decoder" / "checkpoint.pt"
@@ -612,9 +635,8 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
                     if decoder_path.exists() else None)
     if decoder_ckpt is not None:
         load_decoder_weights(model.vqvae, vq_ckpt, decoder_ckpt)
-    unet_step, unet_ckpt = 0, None
-    if unet_path.exists():
-        unet_ckpt = torch.load(unet_path, map_location="cpu", weights_only=False)
+    unet_step = 0
+    if unet_ckpt is not None:
         load_unet_weights(model, unet_ckpt)
         unet_step = unet_ckpt["step"]
     else:
@@ -979,12 +1001,33 @@ def crop_batch(latents: list[torch.Tensor], lrs: list[torch.Tensor], batch_size:
     return torch.stack(zs), torch.stack(xs).float() / 255
 
 
+VAL_NAMES = {"epsilon": "eps-MSE", "v_prediction": "v-MSE", "sample": "z0-MSE"}
+
+
+def unet_prediction_type(unet_ckpt: dict) -> str:
+    """What a UNet checkpoint was trained to predict (runs from before the option: epsilon)."""
+    return unet_ckpt.get("config", {}).get("prediction_type", "epsilon")
+
+
+def unet_target(noise_scheduler: DDPMScheduler, z0: torch.Tensor, noise: torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to output, per the scheduler's ``prediction_type``."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(z0, noise, t)
+    if kind == "sample":
+        return z0
+    raise ValueError(f"unet: unsupported prediction_type {kind!r}; use one of {PREDICTION_TYPES}")
+
+
 def unet_loss(unet: torch.nn.Module, noise_scheduler: DDPMScheduler, z0: torch.Tensor,
               lr: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Epsilon-prediction MSE on concat(z_t, 2 * LR - 1), as the pipeline feeds the UNet."""
+    """MSE to ``unet_target`` on concat(z_t, 2 * LR - 1), as the pipeline feeds the UNet."""
     z_t = noise_scheduler.add_noise(z0, noise, t)
     pred = unet(torch.cat([z_t, lr * 2 - 1], dim=1), t).sample
-    return F.mse_loss(pred, noise)
+    return F.mse_loss(pred, unet_target(noise_scheduler, z0, noise, t))
 
 
 def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
@@ -1003,6 +1046,12 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
     step, history, best_val, seconds = 0, [], None, 0.0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        trained_for = unet_prediction_type(ckpt)
+        if trained_for != cfg.prediction_type:
+            raise SystemExit(
+                f"--prediction-type: the UNet in {ckpt_path} was trained for {trained_for!r}, not "
+                f"{cfg.prediction_type!r}; pass --prediction-type {trained_for} to resume it, or move "
+                "the checkpoint away to train a new UNet")
         if ckpt["vq_step"] != vq_ckpt["step"]:
             raise RuntimeError(
                 f"unet: its checkpoint was trained on the VQ at step {ckpt['vq_step']}, but the VQ "
@@ -1048,11 +1097,12 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
                      "best_val": best_val, "generator": generator.get_state(),
                      "vq_step": vq_ckpt["step"], "seconds": clock.seconds, "config": asdict(cfg)},
                     ckpt_path)
-        plot_history(history, out / "loss_unet.png", "conditional UNet (epsilon MSE)")
+        plot_history(history, out / "loss_unet.png",
+                     f"conditional UNet ({PREDICTION_OBJECTIVES[cfg.prediction_type]})")
 
     @torch.no_grad()
     def validate() -> float:
-        """Epsilon MSE of the EMA weights on fixed validation crops, timesteps and noise."""
+        """Loss (MSE to the target) of the EMA weights on fixed validation crops, t and noise."""
         unet.eval()
         if ema is not None:
             ema.store(unet.parameters())
@@ -1067,6 +1117,7 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
                dynamic_ncols=True, mininterval=5)
     t_last = time.monotonic()
     num_t = noise_scheduler.config.num_train_timesteps
+    val_name = VAL_NAMES[cfg.prediction_type]
     # Started after the latent cache: encoding is not training time.
     clock = StageClock(cfg.unet_steps, cfg.unet_minutes, seconds)
     while not clock.done(step) and not stop:
@@ -1095,9 +1146,9 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         if step % cfg.val_every == 0 or finished:
             val = validate()
             best_val = val if best_val is None else min(best_val, val)
-            history.append({"step": step, "val": val, "val_name": "validation eps-MSE (EMA)"})
+            history.append({"step": step, "val": val, "val_name": f"validation {val_name} (EMA)"})
             writer.add_scalar("unet/val_loss", val, step)
-            tqdm.write(f"unet step {step}: validation eps-MSE {val:.4f} (best {best_val:.4f}), "
+            tqdm.write(f"unet step {step}: validation {val_name} {val:.4f} (best {best_val:.4f}), "
                        f"lr {lr:.2e}", file=sys.stderr)
         if step % cfg.checkpoint_every == 0 or finished:
             save()

@@ -158,3 +158,34 @@ def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path):
     assert "PSNR -1.50 dB vs bicubic (95% CI [-2.74, -0.26]) (target >= -1.5): **met**" in text
     assert "(difference 95% CI [-0.2742, -0.0258]) (target: lower): **met**" in text  # -0.15 +- 4.303 * 0.05 / sqrt 3
     assert json.loads(saved.read_text()) == json.loads(json.dumps(results))  # the scores are not rewritten
+
+
+def test_compare_base_models_pairs_the_same_images(preset, data_root, tmp_path):
+    from orl_gym.models import LDMSRArchitecture
+
+    module = _script("compare_base_models")
+    model_dir = yaml.safe_load(preset.read_text())["model"]
+    other = tmp_path / "other"
+    LDMSRArchitecture.tiny().build(seed=1).save_pretrained(other)
+    out = tmp_path / "compare.md"
+    assert module.main(["--models", f"a={model_dir}", f"same={model_dir}", f"other={other}",
+                        "--datasets", str(data_root / "ucmerced"), "--max-images", "2", "--samplers",
+                        "ddim50_eta1", "--no-lpips", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert list(saved) == ["a", "same", "other"]
+
+    def section(label: str) -> list[str]:
+        block = text.split(f"Paired differences `{label}` - `a`:")[1].split("\n\n")[1]
+        return [line for line in block.splitlines() if line.startswith("| ddim50_eta1 |")]
+
+    # The same weights on the same images and seeds: every difference is exactly zero ...
+    assert section("same") == ["| ddim50_eta1 | +0.00 [+0.00, +0.00] | +0.0000 [+0.0000, +0.0000] | "
+                               "+0.00 [+0.00, +0.00] |"]
+    # ... and other weights are measured as other.
+    name = str(data_root / "ucmerced")
+    a, o = (saved[k]["datasets"][name]["per_image"]["ddim50_eta1"]["psnr"] for k in ("a", "other"))
+    assert len(a) == 2 and a != o
+    assert f"{sum(o) / 2 - sum(a) / 2:+.2f} [" in section("other")[0]
+    with pytest.raises(SystemExit, match="at least two"):
+        module.main(["--models", f"a={model_dir}", "--out", str(out)])

@@ -170,3 +170,39 @@ def test_mid_attention_flags_reach_the_networks(train_ldm, vq_attention, unet_at
     with pytest.raises(RuntimeError, match="vq_mid_attention / unet_mid_attention"):
         train_ldm.load_vq_weights(model, {"model": other.vqvae.state_dict()})
     train_ldm.load_vq_weights(model, {"model": model.vqvae.state_dict()})  # the matching one loads
+
+
+def test_unet_target_follows_the_prediction_type(train_ldm):
+    """epsilon -> the noise, v_prediction -> sqrt(abar) eps - sqrt(1 - abar) z0, sample -> z0."""
+    from diffusers import DDPMScheduler
+
+    gen = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)
+    t = torch.tensor([0, 250, 600, 999])
+    base = train_ldm.build_model(train_ldm.TrainConfig(out="")).scheduler.config
+    abar = DDPMScheduler.from_config(base).alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = {"epsilon": noise, "v_prediction": abar.sqrt() * noise - (1 - abar).sqrt() * z0,
+                "sample": z0}
+    for kind, want in expected.items():
+        scheduler = DDPMScheduler.from_config(base, prediction_type=kind)
+        torch.testing.assert_close(train_ldm.unet_target(scheduler, z0, noise, t), want)
+
+
+def test_v_prediction_run_exports_its_scheduler_and_refuses_a_switch(train_ldm, synthetic_data,
+                                                                      tmp_path):
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 2, 2, "--prediction-type", "v_prediction")) == 0
+    unet = torch.load(out / "unet" / "checkpoint.pt", weights_only=False)
+    assert unet["config"]["prediction_type"] == "v_prediction"
+    assert any(h.get("val_name") == "validation v-MSE (EMA)" for h in unet["history"])
+    # The exported scheduler tells both samplers what the UNet predicts.
+    assert load_ldmsr(out / "export").scheduler.config.prediction_type == "v_prediction"
+    config = json.loads((out / "export" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    assert "v-prediction MSE" in (out / "export" / "README.md").read_text()
+    # Export with the default (epsilon) on the command line still writes what the UNet predicts.
+    assert train_ldm.main(_args(out, synthetic_data, 2, 2, "--export-only")) == 0
+    assert load_ldmsr(out / "export").scheduler.config.prediction_type == "v_prediction"
+    # Resuming the UNet for another target is refused with what to do.
+    with pytest.raises(SystemExit, match="--prediction-type v_prediction"):
+        train_ldm.main(_args(out, synthetic_data, 2, 4, "--stages", "unet"))

@@ -1,0 +1,139 @@
+"""Compare LDM-SR checkpoints on the same images: which one to ship, measured, not guessed.
+
+Runs ``eval_base_model.evaluate`` for each model (same split, images, samplers and seeds) and
+writes a Markdown report: per dataset, each model's PSNR / SSIM / LPIPS / colour offset for the
+VQ reconstruction and every sampler, and for each model after the first its paired differences
+from the first (mean over images and 95% t interval, ``orl_gym.evaluation.paired_interval``).
+Model selection belongs on the ``validation`` split (the default here); the test split is for
+the card of the model chosen.
+
+    ORL_GYM_DATA=../shared/data python experiments/compare_base_models.py \\
+        --models epsilon=/path/to/export_a v_prediction=/path/to/export_b --max-images 32
+
+The raw per-image scores go to a JSON file next to the report (``--out`` with ``.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from orl_gym.evaluation import paired_interval
+from orl_gym.io import atomic_write_text, machine_description, rerun_command, write_report
+
+HERE = Path(__file__).resolve().parent
+METRICS = (("psnr", "PSNR (dB)", 2, "higher"), ("ssim", "SSIM", 4, "higher"),
+           ("lpips", "LPIPS", 4, "lower"), ("colour_offset", "colour offset (8-bit levels)", 2, "lower"))
+
+
+def _eval_base_model():
+    spec = importlib.util.spec_from_file_location("eval_base_model", HERE / "eval_base_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    """``label=path`` (or just ``path``, labelled by itself) -> {label: path}, labels unique."""
+    models: dict[str, str] = {}
+    for item in items:
+        label, _, path = item.partition("=") if "=" in item else (item, "", item)
+        if not label or not path:
+            raise SystemExit(f"--models: {item!r} is not LABEL=PATH")
+        if label in models:
+            raise SystemExit(f"--models: label {label!r} given twice; labels name the report's rows")
+        models[label] = path
+    if len(models) < 2:
+        raise SystemExit("--models: give at least two models to compare")
+    return models
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", required=True,
+                   help="LABEL=PATH ... ('bundled', a folder or a hub id); differences are to the first")
+    p.add_argument("--datasets", default="ucmerced,aid150")
+    p.add_argument("--split", default="validation", choices=("train", "validation", "test"))
+    p.add_argument("--max-images", type=int, default=32, help="images per dataset (0: all)")
+    p.add_argument("--samplers", default="ddim100_eta0,ddim50_eta1")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-lpips", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("experiments/results/compare_base_models.md"))
+    return p.parse_args(argv)
+
+
+def report(results: dict[str, dict], command: str, split: str) -> list[str]:
+    labels = list(results)
+    first = labels[0]
+    lines = ["# LDM-SR checkpoints compared on the same images", "", f"Command: `{command}`  ",
+             f"Machine: {machine_description('cpu')}", ""]
+    lines += [f"- `{label}`: {r['setup']['model']}" for label, r in results.items()]
+    lines += ["", f"`{split}` split, whole images, seed {results[first]['setup']['seed']} for every "
+              f"sampler; LPIPS: {results[first]['lpips']}. Intervals: 95% t over images, paired "
+              f"(same image, same seed), of model minus `{first}`.", ""]
+    for dataset, base in results[first]["datasets"].items():
+        bicubic = base["metrics"]["bicubic"]
+        lines += [f"## {dataset} ({base['images']} images)", "",
+                  "| model | method | " + " | ".join(m[1] for m in METRICS if m[0] in bicubic) + " | PSNR vs bicubic |",
+                  "|---|---|" + "---:|" * (sum(m[0] in bicubic for m in METRICS) + 1)]
+        lines.append("| | bicubic x4 | " + " | ".join(f"{bicubic[k]:.{d}f}" for k, _, d, _ in METRICS
+                                                      if k in bicubic) + " | |")
+        methods = [m for m in base["metrics"] if m != "bicubic"]
+        for method in methods:
+            for label in labels:
+                m = results[label]["datasets"][dataset]["metrics"][method]
+                lines.append(f"| `{label}` | {method} | " + " | ".join(
+                    f"{m[k]:.{d}f}" for k, _, d, _ in METRICS if k in m) + f" | {m['psnr'] - bicubic['psnr']:+.2f} |")
+        for label in labels[1:]:
+            lines += ["", f"Paired differences `{label}` - `{first}`:", "",
+                      "| method | " + " | ".join(f"{name} ({better} is better)" for k, name, _, better in METRICS
+                                                  if k in bicubic) + " |",
+                      "|---|" + "---|" * sum(m[0] in bicubic for m in METRICS)]
+            for method in methods:
+                cells = []
+                for key, _, digits, _ in METRICS:
+                    if key not in bicubic:
+                        continue
+                    mean, low, high = paired_interval(
+                        results[label]["datasets"][dataset]["per_image"][method][key],
+                        base["per_image"][method][key])
+                    cells.append(f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    models = parse_models(args.models)
+    evaluator = _eval_base_model()
+    results = {}
+    for label, path in models.items():
+        print(f"{label}: {path}", file=sys.stderr)
+        eval_args = evaluator.parse_args([
+            "--model", path, "--datasets", args.datasets, "--split", args.split,
+            "--max-images", str(args.max_images), "--samplers", args.samplers,
+            "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+            *(["--no-lpips"] if args.no_lpips else [])])
+        results[label] = evaluator.evaluate(eval_args)
+    command = rerun_command(__file__, argv)
+    for r in results.values():
+        r["setup"]["command"] = command
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    write_report(args.out, report(results, command, args.split))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
