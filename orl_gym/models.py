@@ -94,7 +94,7 @@ class LDMSR:
         if self.unet.config.out_channels != latent_channels:
             raise ModelLoadError(
                 f"{self.source}: unet.out_channels = {self.unet.config.out_channels}, expected the "
-                f"latent channel count {latent_channels} (an epsilon prediction)"
+                f"latent channel count {latent_channels} (a prediction of epsilon, v or the latent)"
             )
         for module in (self.vqvae, self.unet):
             module.eval().requires_grad_(False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -41,8 +43,18 @@ def _pipeline_images(model, lr, steps, eta, latent_seed, noise_seed):
                 generator=torch.Generator().manual_seed(latent_seed)).images
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_uniform_parameters_equal_ldm_superresolution_pipeline(tiny_model, eta):
+def test_uniform_parameters_equal_ldm_superresolution_pipeline(tiny_model, eta, prediction_type):
+    # Every parameterisation the scheduler config can name (the bundled UNet's is v_prediction):
+    # the pipeline's DDIMScheduler.step converts each to x_0 and epsilon, and so must ours.
+    from diffusers import DDIMScheduler
+
+    if prediction_type != tiny_model.scheduler.config.prediction_type:
+        tiny_model = dataclasses.replace(
+            tiny_model, scheduler=DDIMScheduler.from_config(tiny_model.scheduler.config,
+                                                            prediction_type=prediction_type))
+    assert tiny_model.scheduler.config.prediction_type == prediction_type
     steps, lr = 6, _lr(1)
     expected = _pipeline_images(tiny_model, lr, steps, eta, latent_seed=3, noise_seed=11)
 
