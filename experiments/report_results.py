@@ -193,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-realesrgan", action="store_true", help="skip the Real-ESRGAN peer row")
     parser.add_argument("--notes", type=Path, help="Markdown appended as the discussion section")
+    parser.add_argument("--notes-only", action="store_true",
+                        help="measure nothing: replace the discussion of an existing OUT/README.md with --notes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.notes_only:
+        return replace_notes(args.out / "README.md", args.notes)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -355,8 +359,25 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     if args.notes:
-        lines += [args.notes.read_text().rstrip(), ""]
+        lines += [NOTES_MARKER, args.notes.read_text().rstrip(), ""]
     write_report(args.out / "README.md", lines)
+    return 0
+
+
+# Where the measured part of README.md ends and the hand-written discussion (--notes) begins.
+NOTES_MARKER = "<!-- notes: the discussion below is hand-written (--notes); everything above is measured -->"
+
+
+def replace_notes(readme: Path, notes: Path | None) -> int:
+    """Swap the discussion after NOTES_MARKER for ``notes``; the measured part stays byte for byte."""
+    if notes is None:
+        raise SystemExit("report_results: --notes-only needs --notes FILE")
+    if not readme.is_file() or NOTES_MARKER not in readme.read_text():
+        raise SystemExit(f"report_results: {readme} has no discussion marker to replace after; "
+                         "run the full command (without --notes-only) first")
+    head = readme.read_text().split(NOTES_MARKER, 1)[0]
+    atomic_write_text(readme, head + NOTES_MARKER + "\n" + notes.read_text().rstrip() + "\n")
+    print(f"report_results: {readme}: discussion replaced from {notes}", file=sys.stderr)
     return 0
 
 

@@ -54,6 +54,12 @@ def test_compare_algorithms_same_budget(preset, tmp_path):
     assert (out / "runs" / "a2c" / "config.yaml").is_file()
 
 
+def _notes(folder: Path, word: str) -> Path:
+    path = folder / f"{word}.md"
+    path.write_text(f"{word} discussion\n")
+    return path
+
+
 def test_report_results_from_two_runs(preset, tmp_path):
     runs = tmp_path / "runs"
     for algo in ("ppo", "a2c"):
@@ -63,8 +69,13 @@ def test_report_results_from_two_runs(preset, tmp_path):
     out = tmp_path / "results"
     assert _script("report_results").main(["--runs", str(runs), "--others", "a2c", "--out", str(out), "--grid", "quick",
                                            "--grid-max-images", "2", "--max-images", "5", "--n-envs", "2",
-                                           "--no-realesrgan"]) == 0
+                                           "--no-realesrgan", "--notes", str(_notes(tmp_path, "first"))]) == 0
     readme = (out / "README.md").read_text()
+    measured = readme.split("first discussion")[0]
+    # The discussion can be replaced without measuring again; the measured part stays as it was.
+    assert _script("report_results").main(["--out", str(out), "--notes-only", "--notes",
+                                           str(_notes(tmp_path, "second"))]) == 0
+    assert (out / "README.md").read_text() == measured + "second discussion\n"
     assert "python experiments/report_results.py --runs" in readme  # the command that regenerates it
     for line in ("| **all** | No RL | 5 |", "| **all** | best constant | 5 |", "| **all** | PPO | 5 |",
                  "| **all** | A2C | 5 |", "| **all** | bicubic | 5 |"):
