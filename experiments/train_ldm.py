@@ -563,6 +563,12 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     ])
 
 
+def training_hours(*ckpts: dict | None) -> str:
+    """The stages' summed training wall time (checkpoint ``seconds``), in words for the card."""
+    hours = sum(c.get("seconds", 0.0) for c in ckpts if c) / 3600
+    return f"about {hours:.1f} hours (the stages' wall time summed)"
+
+
 def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None,
                decoder_ckpt: dict | None = None) -> str:
     """The model card: fixed text, the training section (regenerated) and the evaluation
@@ -605,7 +611,8 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "",
         "## Limitations",
         "",
-        "A small model trained for about two and a half hours on a shared 2-core CPU: it is a stand-in that "
+        f"A small model trained for {training_hours(vq_ckpt, unet_ckpt, decoder_ckpt)} on a 2-core CPU: "
+        "it is a stand-in that "
         "makes the environment run anywhere, not a state-of-the-art super-resolver. Trained on "
         "two aerial datasets at two ground resolutions with plain bicubic degradation; other "
         "imagery or degradations are out of distribution. Data licences: UC Merced (USGS "
