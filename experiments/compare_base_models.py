@@ -81,30 +81,26 @@ def report(results: dict[str, dict], command: str, split: str) -> list[str]:
               f"(same image, same seed), of model minus `{first}`.", ""]
     for dataset, base in results[first]["datasets"].items():
         bicubic = base["metrics"]["bicubic"]
+        shown = [m for m in METRICS if m[0] in bicubic]  # LPIPS is absent with --no-lpips
         lines += [f"## {dataset} ({base['images']} images)", "",
-                  "| model | method | " + " | ".join(m[1] for m in METRICS if m[0] in bicubic) + " | PSNR vs bicubic |",
-                  "|---|---|" + "---:|" * (sum(m[0] in bicubic for m in METRICS) + 1)]
-        lines.append("| | bicubic x4 | " + " | ".join(f"{bicubic[k]:.{d}f}" for k, _, d, _ in METRICS
-                                                      if k in bicubic) + " | |")
+                  "| model | method | " + " | ".join(name for _, name, _, _ in shown) + " | PSNR vs bicubic |",
+                  "|---|---|" + "---:|" * (len(shown) + 1),
+                  "| | bicubic x4 | " + " | ".join(f"{bicubic[k]:.{d}f}" for k, _, d, _ in shown) + " | |"]
         methods = [m for m in base["metrics"] if m != "bicubic"]
         for method in methods:
             for label in labels:
                 m = results[label]["datasets"][dataset]["metrics"][method]
-                lines.append(f"| `{label}` | {method} | " + " | ".join(
-                    f"{m[k]:.{d}f}" for k, _, d, _ in METRICS if k in m) + f" | {m['psnr'] - bicubic['psnr']:+.2f} |")
+                lines.append(f"| `{label}` | {method} | " + " | ".join(f"{m[k]:.{d}f}" for k, _, d, _ in shown)
+                             + f" | {m['psnr'] - bicubic['psnr']:+.2f} |")
         for label in labels[1:]:
+            per_image = results[label]["datasets"][dataset]["per_image"]
             lines += ["", f"Paired differences `{label}` - `{first}`:", "",
-                      "| method | " + " | ".join(f"{name} ({better} is better)" for k, name, _, better in METRICS
-                                                  if k in bicubic) + " |",
-                      "|---|" + "---|" * sum(m[0] in bicubic for m in METRICS)]
+                      "| method | " + " | ".join(f"{name} ({better} is better)" for _, name, _, better in shown) + " |",
+                      "|---|" + "---|" * len(shown)]
             for method in methods:
                 cells = []
-                for key, _, digits, _ in METRICS:
-                    if key not in bicubic:
-                        continue
-                    mean, low, high = paired_interval(
-                        results[label]["datasets"][dataset]["per_image"][method][key],
-                        base["per_image"][method][key])
+                for key, _, digits, _ in shown:
+                    mean, low, high = paired_interval(per_image[method][key], base["per_image"][method][key])
                     cells.append(f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
