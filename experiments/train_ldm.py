@@ -137,6 +137,15 @@ class TrainConfig:
     # reference schedule abar_T = 7e-4, so an epsilon model's z_0 estimate at high t is its epsilon
     # error times sqrt((1 - abar) / abar) ~ 38: v / sample keep that estimate bounded.
     prediction_type: str = "epsilon"
+    # Extra weight on the low-frequency part of the z_0 estimate's error: MSE between the
+    # estimate and z_0 after average-pooling over unet_lowfreq_pool x unet_lowfreq_pool latent
+    # cells. Plain MSE weights every frequency alike, so a per-image colour offset (a few latent
+    # cells' worth of energy out of the whole crop) barely moves the loss, yet it costs PSNR over
+    # the whole image. 0: plain MSE to the target. May change between invocations (recorded).
+    # Tried on the bundled model (3,000 fine-tuning steps at weight 10): the colour cast did not
+    # move (experiments/results/compare_lowfreq_finetune.md); kept as a knob for bigger models.
+    unet_lowfreq_weight: float = 0.0
+    unet_lowfreq_pool: int = 4
     # common
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -240,6 +249,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="UNet weight EMA (0: off)")
     g.add_argument("--prediction-type", default=d.prediction_type, choices=PREDICTION_TYPES,
                    help="UNet target (written to the scheduler config); fixed per UNet run")
+    g.add_argument("--unet-lowfreq-weight", type=float, default=d.unet_lowfreq_weight,
+                   help="extra loss weight on the MSE of the average-pooled z0 estimate (0: off); "
+                   "may change on resume, the card records from which step")
+    g.add_argument("--unet-lowfreq-pool", type=int, default=d.unet_lowfreq_pool,
+                   help="pooling window of that term, in latent cells (x4 HR pixels)")
     g = p.add_argument_group("common")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm (0: off)")
@@ -510,7 +524,7 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     row("objective", f"L1 x {vq_cfg['vq_l1_weight']} + MSE x {vq_cfg['vq_mse_weight']} + codebook + "
         f"{vq_cfg['vq_commit_beta']} x commitment; dead codes re-seeded every "
         f"{vq_cfg['vq_restart_every']} steps",
-        f"{PREDICTION_OBJECTIVES[unet_prediction_type(unet_ckpt) if unet_ckpt else 'epsilon']}, "
+        f"{objective_description(unet_ckpt) if unet_ckpt else ''}, "
         "t uniform in [0, 1000), DDPMScheduler.add_noise, scaled_linear "
         "0.0015..0.0155 (the reference schedule), on pre-quantization latents of the frozen VQ")
     row("input", f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops, flips / 90-degree "
@@ -1029,12 +1043,74 @@ def unet_target(noise_scheduler: DDPMScheduler, z0: torch.Tensor, noise: torch.T
     raise ValueError(f"unet: unsupported prediction_type {kind!r}; use one of {PREDICTION_TYPES}")
 
 
-def unet_loss(unet: torch.nn.Module, noise_scheduler: DDPMScheduler, z0: torch.Tensor,
-              lr: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """MSE to ``unet_target`` on concat(z_t, 2 * LR - 1), as the pipeline feeds the UNet."""
+def predicted_z0(noise_scheduler: DDPMScheduler, z_t: torch.Tensor, pred: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
+    """The UNet output turned into its z_0 estimate (DDIM's "predicted x_0", eq. 12 of Song et
+    al.), per the scheduler's ``prediction_type``."""
+    abar = noise_scheduler.alphas_cumprod.to(device=z_t.device, dtype=z_t.dtype)[t].view(-1, 1, 1, 1)
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (z_t - (1 - abar).sqrt() * pred) / abar.sqrt()
+    if kind == "v_prediction":
+        return abar.sqrt() * z_t - (1 - abar).sqrt() * pred
+    if kind == "sample":
+        return pred
+    raise ValueError(f"unet: unsupported prediction_type {kind!r}; use one of {PREDICTION_TYPES}")
+
+
+def unet_loss_terms(unet: torch.nn.Module, noise_scheduler: DDPMScheduler, z0: torch.Tensor,
+                    lr: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                    lowfreq_pool: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MSE to ``unet_target``, MSE of the ``lowfreq_pool``-average-pooled z_0 estimate), with
+    the UNet fed concat(z_t, 2 * LR - 1) as the pipeline feeds it."""
     z_t = noise_scheduler.add_noise(z0, noise, t)
     pred = unet(torch.cat([z_t, lr * 2 - 1], dim=1), t).sample
-    return F.mse_loss(pred, unet_target(noise_scheduler, z0, noise, t))
+    target_mse = F.mse_loss(pred, unet_target(noise_scheduler, z0, noise, t))
+    z0_hat = predicted_z0(noise_scheduler, z_t, pred, t)
+    lowfreq_mse = F.mse_loss(F.avg_pool2d(z0_hat, lowfreq_pool), F.avg_pool2d(z0, lowfreq_pool))
+    return target_mse, lowfreq_mse
+
+
+def check_lowfreq(cfg: TrainConfig) -> None:
+    side = cfg.unet_crop // 4
+    if cfg.unet_lowfreq_weight < 0 or cfg.unet_lowfreq_pool < 1 or side % cfg.unet_lowfreq_pool:
+        raise SystemExit(
+            f"--unet-lowfreq-weight {cfg.unet_lowfreq_weight} / --unet-lowfreq-pool "
+            f"{cfg.unet_lowfreq_pool}: the weight must be >= 0 and the pool a divisor of the "
+            f"latent crop side {side} (--unet-crop {cfg.unet_crop} / 4)")
+
+
+def objective_changes(ckpt: dict | None, cfg: TrainConfig, step: int) -> list[dict]:
+    """The UNet objective's history: from which step which low-frequency weight applied. A
+    resume with another weight appends an entry (the card states each)."""
+    current = {"lowfreq_weight": cfg.unet_lowfreq_weight, "lowfreq_pool": cfg.unet_lowfreq_pool}
+    if ckpt is None:
+        return [{"step": 0, **current}]
+    saved = ckpt.get("config", {})
+    changes = list(ckpt.get("objective_changes") or [
+        {"step": 0, "lowfreq_weight": saved.get("unet_lowfreq_weight", 0.0),
+         "lowfreq_pool": saved.get("unet_lowfreq_pool", 4)}])
+    last = {k: changes[-1][k] for k in current}
+    if last != current:
+        print(f"unet: objective changes at step {step}: low-frequency weight "
+              f"{last['lowfreq_weight']:g} -> {current['lowfreq_weight']:g} (pool "
+              f"{current['lowfreq_pool']})", file=sys.stderr)
+        changes.append({"step": step, **current})
+    return changes
+
+
+def objective_description(unet_ckpt: dict) -> str:
+    """The card's wording of the UNet objective, with every change of it during the run."""
+    text = PREDICTION_OBJECTIVES[unet_prediction_type(unet_ckpt)]
+    parts = []
+    for change in unet_ckpt.get("objective_changes") or []:
+        weight, pool = change["lowfreq_weight"], change["lowfreq_pool"]
+        term = (f"+ {weight:g} x MSE of the {pool}x{pool}-latent-cell average-pooled z0 estimate"
+                if weight > 0 else "no low-frequency term")
+        parts.append(f"from step {change['step']}: {term}")
+    if any(c["lowfreq_weight"] > 0 for c in unet_ckpt.get("objective_changes") or []):
+        text += " (" + "; ".join(parts) + ")"
+    return text
 
 
 def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
@@ -1050,7 +1126,8 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    step, history, best_val, seconds = 0, [], None, 0.0
+    step, history, best_val, seconds, ckpt = 0, [], None, 0.0, None
+    check_lowfreq(cfg)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         trained_for = unet_prediction_type(ckpt)
@@ -1073,6 +1150,7 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         seconds = ckpt.get("seconds", 0.0)
         generator.set_state(ckpt["generator"])
         print(f"unet: resumed at step {step} from {ckpt_path}", file=sys.stderr)
+    changes = objective_changes(ckpt, cfg, step)
     if StageClock(cfg.unet_steps, cfg.unet_minutes, seconds).done(step):
         print(f"unet: already done (step {step}, {seconds / 60:.1f} min; --unet-steps "
               f"{cfg.unet_steps}, --unet-minutes {cfg.unet_minutes})", file=sys.stderr)
@@ -1102,23 +1180,26 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         atomic_save({"model": unet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "ema": ema.state_dict() if ema is not None else None, "history": history,
                      "best_val": best_val, "generator": generator.get_state(),
-                     "vq_step": vq_ckpt["step"], "seconds": clock.seconds, "config": asdict(cfg)},
+                     "vq_step": vq_ckpt["step"], "seconds": clock.seconds, "config": asdict(cfg),
+                     "objective_changes": changes},
                     ckpt_path)
         plot_history(history, out / "loss_unet.png",
                      f"conditional UNet ({PREDICTION_OBJECTIVES[cfg.prediction_type]})")
 
     @torch.no_grad()
-    def validate() -> float:
-        """Loss (MSE to the target) of the EMA weights on fixed validation crops, t and noise."""
+    def validate() -> tuple[float, float]:
+        """MSE to the target and low-frequency z_0 MSE of the EMA weights on fixed validation
+        crops, t and noise (the first is the model-selection number whatever the objective)."""
         unet.eval()
         if ema is not None:
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
-        loss = float(unet_loss(unet, noise_scheduler, val_z, val_lr, val_noise, val_t))
+        losses = unet_loss_terms(unet, noise_scheduler, val_z, val_lr, val_noise, val_t,
+                                 cfg.unet_lowfreq_pool)
         if ema is not None:
             ema.restore(unet.parameters())
         unet.train()
-        return loss
+        return float(losses[0]), float(losses[1])
 
     bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", disable=not cfg.progress,
                dynamic_ncols=True, mininterval=5)
@@ -1136,7 +1217,9 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         noise = torch.randn(z0.shape, generator=generator)
         t = torch.randint(0, num_t, (z0.shape[0],), generator=generator)
         z0, lr_img, noise, t = (v.to(cfg.device) for v in (z0, lr_img, noise, t))
-        loss = unet_loss(unet, noise_scheduler, z0, lr_img, noise, t)
+        target_mse, lowfreq_mse = unet_loss_terms(unet, noise_scheduler, z0, lr_img, noise, t,
+                                                  cfg.unet_lowfreq_pool)
+        loss = target_mse + cfg.unet_lowfreq_weight * lowfreq_mse if cfg.unet_lowfreq_weight > 0 else target_mse
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loss = loss.detach()
@@ -1149,14 +1232,17 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         history.append({"step": step, "loss": float(loss), "lr": lr})
         writer.add_scalar("unet/loss", float(loss), step)
         writer.add_scalar("unet/lr", lr, step)
+        writer.add_scalar("unet/lowfreq_z0_mse", float(lowfreq_mse.detach()), step)
         finished = clock.done(step)
         if step % cfg.val_every == 0 or finished:
-            val = validate()
+            val, val_lowfreq = validate()
             best_val = val if best_val is None else min(best_val, val)
-            history.append({"step": step, "val": val, "val_name": f"validation {val_name} (EMA)"})
+            history.append({"step": step, "val": val, "val_name": f"validation {val_name} (EMA)",
+                            "val_lowfreq": val_lowfreq})
             writer.add_scalar("unet/val_loss", val, step)
+            writer.add_scalar("unet/val_lowfreq_z0_mse", val_lowfreq, step)
             tqdm.write(f"unet step {step}: validation {val_name} {val:.4f} (best {best_val:.4f}), "
-                       f"lr {lr:.2e}", file=sys.stderr)
+                       f"low-frequency z0-MSE {val_lowfreq:.5f}, lr {lr:.2e}", file=sys.stderr)
         if step % cfg.checkpoint_every == 0 or finished:
             save()
         bar.update(1)

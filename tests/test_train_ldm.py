@@ -206,3 +206,50 @@ def test_v_prediction_run_exports_its_scheduler_and_refuses_a_switch(train_ldm, 
     # Resuming the UNet for another target is refused with what to do.
     with pytest.raises(SystemExit, match="--prediction-type v_prediction"):
         train_ldm.main(_args(out, synthetic_data, 2, 4, "--stages", "unet"))
+
+
+def test_predicted_z0_equals_the_ddim_step_for_every_prediction_type(train_ldm):
+    """Our z_0 estimate (the low-frequency term's input) is diffusers' pred_original_sample, and
+    the exact target maps back to z_0."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    gen = torch.Generator().manual_seed(1)
+    z0, noise = torch.randn(1, 3, 8, 8, generator=gen), torch.randn(1, 3, 8, 8, generator=gen)
+    output = torch.randn(1, 3, 8, 8, generator=gen)
+    base = train_ldm.build_model(train_ldm.TrainConfig(out="")).scheduler.config
+    for kind in train_ldm.PREDICTION_TYPES:
+        ddpm = DDPMScheduler.from_config(base, prediction_type=kind)
+        ddim = DDIMScheduler.from_config(base, prediction_type=kind)
+        ddim.set_timesteps(10)
+        for t in ddim.timesteps[[0, 4, 9]]:
+            t_batch = t.view(1)
+            z_t = ddpm.add_noise(z0, noise, t_batch)
+            ours = train_ldm.predicted_z0(ddpm, z_t, output, t_batch)
+            theirs = ddim.step(output, int(t), z_t, eta=0.0).pred_original_sample
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+            exact = train_ldm.predicted_z0(ddpm, z_t, train_ldm.unet_target(ddpm, z0, noise, t_batch), t_batch)
+            torch.testing.assert_close(exact, z0, rtol=1e-3, atol=1e-3)
+
+
+def test_lowfreq_term_changes_training_and_is_recorded_from_its_step(train_ldm, synthetic_data, tmp_path):
+    """The low-frequency weight reaches the optimizer, a resume with another weight is recorded
+    with its step and stated in the card, and a pool that does not divide the crop is refused."""
+    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
+    assert train_ldm.main(_args(plain, synthetic_data, 2, 2, "--no-export")) == 0
+    assert train_ldm.main(_args(weighted, synthetic_data, 2, 2, "--no-export",
+                                "--unet-lowfreq-weight", "10")) == 0
+    a = torch.load(plain / "unet" / "checkpoint.pt", weights_only=False)
+    b = torch.load(weighted / "unet" / "checkpoint.pt", weights_only=False)
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["objective_changes"] == [{"step": 0, "lowfreq_weight": 0.0, "lowfreq_pool": 4}]
+    assert all("val_lowfreq" in h for h in a["history"] if "val" in h)
+    # Resume the plain run with the term on: recorded from step 2, and in the card.
+    assert train_ldm.main(_args(plain, synthetic_data, 2, 4, "--unet-lowfreq-weight", "10")) == 0
+    resumed = torch.load(plain / "unet" / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == 4
+    assert resumed["objective_changes"][-1] == {"step": 2, "lowfreq_weight": 10.0, "lowfreq_pool": 4}
+    card = (plain / "export" / "README.md").read_text()
+    assert "from step 2: + 10 x MSE of the 4x4-latent-cell average-pooled z0 estimate" in card
+    assert "from step 0: no low-frequency term" in card
+    with pytest.raises(SystemExit, match="divisor of the latent crop side 8"):
+        train_ldm.main(_args(tmp_path / "bad", synthetic_data, 2, 2, "--unet-lowfreq-pool", "3"))
