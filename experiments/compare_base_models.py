@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="validation", choices=("train", "validation", "test"))
     p.add_argument("--max-images", type=int, default=32, help="images per dataset (0: all)")
     p.add_argument("--samplers", default="ddim100_eta0,ddim50_eta1")
+    p.add_argument("--output-fixes", default="",
+                   help="comma list of orl_gym.postprocess corrections to add after each sampler")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_args = evaluator.parse_args([
             "--model", path, "--datasets", args.datasets, "--split", args.split,
             "--max-images", str(args.max_images), "--samplers", args.samplers,
+            "--output-fixes", args.output_fixes,
             "--batch-size", str(args.batch_size), "--seed", str(args.seed),
             *(["--no-lpips"] if args.no_lpips else [])])
         results[label] = evaluator.evaluate(eval_args)

@@ -14,7 +14,11 @@ categories (``orl_gym.data.PAPER_CATEGORIES``; center crops, the same noise for 
   decodes to stride 1, eta 0, noise scale 1, no guidance);
 - "best constant": the one action, held at every step, with the highest mean validation reward in
   a grid search over the same action space (``orl_gym.evaluation.GRIDS``);
-- each RL policy (its run's best validation checkpoint), deterministic.
+- each RL policy (its run's best validation checkpoint), deterministic;
+- "No RL" and the main policy again with ``--output-fix`` (``orl_gym.postprocess``, default LR
+  back-projection): the same trajectories, each decoded image corrected from its own LR input
+  before it is scored. The cheap non-RL way to what the guidance parameter does, so the question
+  is whether the policy beats it, and whether it still adds something on top of it.
 
 It writes into OUT: ``README.md`` (the tables, paired 95% t intervals, the targets checked, the
 figures), ``per_image.csv``, ``summary.json``, ``grid_search.csv``, ``comparison.png``,
@@ -63,8 +67,11 @@ from orl_gym.io import (
     rerun_command,
     write_report,
 )
+from orl_gym.postprocess import OUTPUT_FIXES
 
 METRICS = ("psnr", "ssim", "lpips", "unet_calls", "reward")
+FIX_NAMES = {"mean_colour": "mean colour fix", "wavelet": "wavelet colour fix",
+             "back_projection": "LR back-projection"}
 NAMES = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG", "tqc": "TQC", "trpo": "TRPO",
          "recurrent_ppo": "RecurrentPPO", "crossq": "CrossQ"}
 
@@ -163,6 +170,29 @@ def targets(rl: MethodResult, no_rl: MethodResult, best: MethodResult) -> list[s
     ]
 
 
+def fix_section(no_rl: MethodResult, rl: MethodResult, fixed: list[MethodResult],
+                categories: list[str]) -> list[str]:
+    """No RL and the policy with and without the output fix: does RL beat a post-process?"""
+    no_rl_fixed, rl_fixed = fixed
+    return [
+        "## Against an output fix without RL",
+        "",
+        f"`{no_rl_fixed.name}` and `{rl_fixed.name}`: the same trajectories as `{no_rl.name}` and "
+        f"`{rl.name}`, each decoded image corrected from its own LR input (`orl_gym.postprocess`, "
+        "env option `output_fix`) before it is scored; the reward includes the correction. The policy "
+        "was trained without it.",
+        "",
+        *table([no_rl, no_rl_fixed, rl, rl_fixed], categories),
+        "",
+        "Paired per-image differences, mean [95% t interval]:",
+        "",
+        *interval_table(rl, [no_rl_fixed], []),
+        "",
+        *interval_table(rl_fixed, [no_rl_fixed], categories),
+        "",
+    ]
+
+
 def trace_summary(trace: list[dict[str, float]]) -> list[str]:
     """A few numbers that say what the policy does, per third of the trajectory (by t)."""
     t = np.array([row["t"] for row in trace])
@@ -192,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-realesrgan", action="store_true", help="skip the Real-ESRGAN peer row")
+    parser.add_argument("--output-fix", default="back_projection", choices=OUTPUT_FIXES,
+                        help="also evaluate No RL and the main policy with this output correction (none: skip)")
     parser.add_argument("--notes", type=Path, help="Markdown appended as the discussion section")
     parser.add_argument("--notes-only", action="store_true",
                         help="measure nothing: replace the discussion of an existing OUT/README.md with --notes")
@@ -234,16 +266,24 @@ def main(argv: list[str] | None = None) -> int:
     no_rl = evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, keep_images=keep, **common)
     best = evaluate_method("best constant", constant_policy(best_action), env_kwargs, keep_images=keep, **common)
     policies: dict[str, MethodResult] = {}
-    trace, num_train = None, 1000
+    trace, num_train, main_agent = None, 1000, None
     for name, run_dir in runs.items():
         model = algorithm_class(summaries[name]["algo"]).load(run_dir / "checkpoints" / "best_model.zip", device="cpu")
         policy = SB3Policy(model)
+        main_agent = model if name == args.main else main_agent
         if name == args.main:
             from orl_gym.models import load_ldmsr
 
             num_train = load_ldmsr(env_kwargs.get("model", "bundled")).num_train_timesteps
             policy = trace = PolicyTrace(policy, actions, num_train_timesteps=num_train)
         policies[name] = evaluate_method(NAMES.get(name, name), policy, env_kwargs, keep_images=keep, **common)
+    fixed: list[MethodResult] = []
+    if args.output_fix != "none":
+        fixed_kwargs = {**env_kwargs, "output_fix": args.output_fix}
+        suffix = f" + {FIX_NAMES[args.output_fix]}"
+        fixed = [evaluate_method("No RL" + suffix, constant_policy(encode_params(actions)), fixed_kwargs, **common),
+                 evaluate_method(NAMES.get(args.main, args.main) + suffix, SB3Policy(main_agent), fixed_kwargs,
+                                 **common)]
     peers = [bicubic_result(no_rl)]
     if not args.no_realesrgan:
         from orl_gym.realesrgan import load_realesrgan_x4plus
@@ -251,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         upsampler = load_realesrgan_x4plus(env_kwargs.get("device", "cpu"))
         peers.append(evaluate_upsampler("Real-ESRGAN x4plus", upsampler, env_kwargs, split="test",
                                         categories=categories, max_images=args.max_images, keep_images=keep))
-    for method in [*peers, no_rl, best, *policies.values()]:
+    for method in [*peers, no_rl, best, *policies.values(), *fixed]:
         with_paper_category(method)
     main_rl = policies[args.main]
     others = [policies[name] for name in args.others]
@@ -266,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_training_curves({NAMES.get(n, n): d for n, d in runs.items()}, args.out / "training_curves.png")
 
     # Files.
-    methods = [*peers, no_rl, best, main_rl, *others]
+    methods = [*peers, no_rl, best, main_rl, *others, *fixed]
     with atomic_open(args.out / "per_image.csv", "w") as handle:
         keys = ["image_index", "name", "category", "paper_category", "psnr", "ssim", "lpips", "unet_calls",
                 "guidance_evals", "reward", "seconds"]
@@ -283,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {m.name: {metric: {c: mean_of(m, metric, c) for c in [*categories, "all"]} for metric in METRICS}
                     for m in methods},
         "intervals": {f"{rl.name} - {base.name}": {metric: interval(rl, base, metric, "all") for metric in METRICS}
-                      for rl in [main_rl, *others] for base in (no_rl, best)},
+                      for rl in [main_rl, *others] for base in (no_rl, best)}
+        | {f"{a.name} - {fixed[0].name}": {metric: interval(a, fixed[0], metric, "all") for metric in METRICS}
+           for a in ([main_rl, fixed[1]] if fixed else [])},
         "best_constant": best_setting, "runs": summaries,
     }
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
@@ -340,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "Paired per-image differences over all categories, mean [95% t interval]:",
         "",
         *[line for rl in others for line in (*interval_table(rl, [no_rl, best], []), "")],
+        *(fix_section(no_rl, main_rl, fixed, categories) if fixed else []),
         "## Figures",
         "",
         "Training reward (left: running mean of training episodes; right: deterministic validation reward, "

@@ -35,7 +35,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from orl_gym.configs import env_preset
 
     kwargs = env_preset(args.env)
-    for key in ("model", "data", "device"):
+    for key in ("model", "data", "device", "output_fix"):
         value = getattr(args, key, None)
         if value is not None:
             kwargs[key] = value
@@ -169,7 +169,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         raise ValueError(f"{target}: no such run folder or model file")
     if not model_path.is_file():
         raise ValueError(f"{model_path}: missing; train first (orl-gym train) or pass a model .zip")
-    for key in ("device",):
+    for key in ("device", "output_fix"):
         if getattr(args, key, None):
             env_kwargs[key] = getattr(args, key)
     model = algorithm_class(algo).load(model_path, device="cpu")
@@ -192,7 +192,8 @@ def evaluate(args: argparse.Namespace) -> Path:
         "",
         f"Split {args.split}, center crops of {env_kwargs.get('hr_size', 64)} px, "
         f"{len(results[0].rows)} images{'' if args.max_images is None else f' (max {args.max_images}, spread over classes)'}; "
-        f"{grid_note}. Command: `{' '.join(shlex.quote(a) for a in ['orl-gym', *sys.argv[1:]])}`",
+        f"{grid_note}; output fix: {env_kwargs.get('output_fix', 'none')}. "
+        f"Command: `{' '.join(shlex.quote(a) for a in ['orl-gym', *sys.argv[1:]])}`",
     ])
     paths = write_report(results, out_dir, rl_name="RL", baselines=("No RL", "best constant"),
                          grid_images=args.grid_images, header=header)
@@ -254,6 +255,7 @@ def fetch_weights(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from orl_gym.agents import ALGORITHMS
     from orl_gym.configs import env_presets
+    from orl_gym.postprocess import OUTPUT_FIXES
 
     parser = argparse.ArgumentParser(prog="orl-gym", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="override the preset's model: a checkpoint folder, hub id or 'bundled'")
         p.add_argument("--data", help="override the preset's data source (default: $ORL_GYM_DATA or the hub)")
         p.add_argument("--device", help="override the preset's device (cpu, cuda)")
+        p.add_argument("--output-fix", choices=OUTPUT_FIXES,
+                       help="override the preset's output_fix: correct each decoded image from its own LR "
+                       "input before it is scored (orl_gym.postprocess)")
 
     p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)")
     p.add_argument("--algo", default="ppo", help=f"one of {', '.join(ALGORITHMS)}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from orl_gym import ENV_ID, sampler
+from orl_gym import ENV_ID, postprocess, sampler
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action
 from orl_gym.data import DataConfig, PairDataset
 from orl_gym.models import LDMSR, load_ldmsr
@@ -76,6 +76,10 @@ class EnvConfig:
             (what the efficiency term charges for guidance); None: counted from the model's FLOPs
             (``sampler.guidance_cost_in_unet_calls``, about 8 for the bundled architecture).
         actions, reward: ``ActionConfig`` / ``RewardConfig`` or dicts of their fields.
+        output_fix: a correction of every decoded image from its own LR input, before it is
+            scored or rendered: ``"none"`` (the paper's sampler), ``"mean_colour"``,
+            ``"wavelet"`` (StableSR's colour fix) or ``"back_projection"`` (see
+            ``orl_gym.postprocess``).
         device, dtype: where the model runs and in what precision.
     """
 
@@ -92,6 +96,7 @@ class EnvConfig:
     guidance_cost: float | None = None
     actions: ActionConfig | Mapping = field(default_factory=ActionConfig)
     reward: RewardConfig | Mapping = field(default_factory=RewardConfig)
+    output_fix: str = "none"
     device: str = "cpu"
     dtype: str = "float32"
     gamma: float = 0.99  # discount used by the potential-based shaping term only
@@ -104,6 +109,8 @@ class EnvConfig:
         if self.categories is not None:
             cats = (self.categories,) if isinstance(self.categories, str) else tuple(self.categories)
             object.__setattr__(self, "categories", cats)
+        if self.output_fix not in postprocess.OUTPUT_FIXES:
+            raise ValueError(f"output_fix: expected one of {postprocess.OUTPUT_FIXES}, got {self.output_fix!r}")
         if self.image_order not in ("random", "sequential"):
             raise ValueError(f"image_order: expected 'random' or 'sequential', got {self.image_order!r}")
         if self.max_images is not None and int(self.max_images) < 1:
@@ -367,6 +374,11 @@ def final_latents(state: EnvState, terminated: torch.Tensor) -> torch.Tensor:
     return torch.where(terminated.view(-1, 1, 1, 1), s.latents, s.pred_original)
 
 
+def output_images(params: EnvParams, latents: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """Decoded latents in [0, 1] after the configured ``output_fix``: the images the env scores."""
+    return postprocess.apply_output_fix(params.config.output_fix, sampler.decode(params.model, latents), lr)
+
+
 def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Tensor) -> StepResult:
     """One reverse step for every row; pays the reward of the rows that finish."""
     start = time.perf_counter()
@@ -383,8 +395,8 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
     reward_model, config = params.reward_model, params.config
     if reward_model.config.shaping_weight != 0:
         # Dense potential-based shaping: Phi of the decoded x0 prediction (one decode per step).
-        next_potential = reward_model.potential(sampler.decode(params.model, out.state.pred_original), state.hr,
-                                                baseline=state.baseline)
+        next_potential = reward_model.potential(output_images(params, out.state.pred_original, state.sampler.lr),
+                                                state.hr, baseline=state.baseline)
         reward = reward + reward_model.shaping(state.potential, next_potential, gamma=config.gamma,
                                                terminated=finished)
         new = replace(new, potential=next_potential)
@@ -394,7 +406,7 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
     rows = images = paid = None
     if finished_host.any():
         rows = torch.as_tensor(np.flatnonzero(finished_host), device=params.device)
-        images = sampler.decode(params.model, final_latents(new, terminated)[rows])
+        images = output_images(params, final_latents(new, terminated)[rows], state.sampler.lr[rows])
         paid = reward_model.final(
             images, state.hr[rows], state.sampler.lr[rows], nfe=compute_used(params, new)[rows],
             reference_nfe=len(params.schedule), baseline={k: v[rows] for k, v in state.baseline.items()},
@@ -425,11 +437,11 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
 
 
 def render_frame(params: EnvParams, state: EnvState, row: int = 0) -> np.ndarray:
-    """(H, 3W, 3) uint8: LR upsampled (bicubic) | decoded x0 prediction | HR."""
+    """(H, 3W, 3) uint8: LR upsampled (bicubic) | decoded x0 prediction (after the output fix) | HR."""
     s = state.sampler
     hr = state.hr[row:row + 1]
     lr_up = F.interpolate(s.lr[row:row + 1].float(), size=hr.shape[-2:], mode="bicubic", align_corners=False)
-    x0 = sampler.decode(params.model, s.pred_original[row:row + 1]).float()
+    x0 = output_images(params, s.pred_original[row:row + 1], s.lr[row:row + 1]).float()
     frame = torch.cat([lr_up.clamp(0, 1), x0, hr.float()], dim=3)[0]
     return (frame.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
@@ -474,6 +486,9 @@ class LDMSuperResolutionEnv(gym.Env):
     LPIPS 0.2 as gains over bicubic upsampling, efficiency 0.1 as the share of the default
     schedule's K UNet calls saved (guided steps cost ``guidance_cost`` more). ``info`` then holds
     every raw metric (psnr, ssim, lpips, lr_consistency, nfe, unet_calls, seconds, bicubic_*, ...).
+    The scored image is the decoded latent after ``output_fix`` (default ``"none"``; a colour fix
+    or LR back-projection from ``orl_gym.postprocess`` is the cheap non-RL way to the same end as
+    the guidance parameter).
 
     ## Episode End
 
@@ -485,7 +500,7 @@ class LDMSuperResolutionEnv(gym.Env):
 
     ``gym.make("orl_gym/LDMSR-v0", **kwargs)`` with the fields of ``EnvConfig`` (model, data,
     split, categories, hr_size, crop, image_order, num_inference_steps, step_budget,
-    guidance_cost, actions, reward, device, dtype, gamma) and ``render_mode="rgb_array"``.
+    guidance_cost, actions, reward, output_fix, device, dtype, gamma) and ``render_mode="rgb_array"``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}

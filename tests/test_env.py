@@ -205,3 +205,25 @@ def test_make_with_no_arguments_uses_the_bundled_model(data_root, monkeypatch):
     obs, _ = venv.reset(seed=0)
     obs, *_ = venv.step(venv.action_space.sample())
     assert obs["latent"].shape[0] == 4
+
+
+def test_output_fix_is_applied_to_the_scored_and_rendered_image(env_kwargs):
+    infos, frames = {}, {}
+    for fix in ("none", "back_projection"):
+        env = gym.make(orl_gym.ENV_ID, render_mode="rgb_array", output_fix=fix, **env_kwargs)
+        env.reset(seed=3)
+        stride2 = encode_params(env.unwrapped.params.actions, stride=2)
+        frames[fix] = env.render()
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, info = env.step(stride2)
+        infos[fix] = info
+    # Same trajectory, different scored image: back-projection makes it explain its LR input.
+    assert infos["none"]["unet_calls"] == infos["back_projection"]["unet_calls"]
+    assert infos["back_projection"]["lr_consistency"] > infos["none"]["lr_consistency"] + 3
+    assert infos["back_projection"]["psnr"] != infos["none"]["psnr"]
+    width = frames["none"].shape[1] // 3  # LR | x0 prediction | HR: only the middle panel differs
+    assert np.array_equal(frames["none"][:, :width], frames["back_projection"][:, :width])
+    assert not np.array_equal(frames["none"][:, width:2 * width], frames["back_projection"][:, width:2 * width])
+    with pytest.raises(ValueError, match="output_fix: expected one of"):
+        gym.make(orl_gym.ENV_ID, output_fix="colour", **env_kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -85,7 +86,15 @@ def test_report_results_from_two_runs(preset, tmp_path):
     for name in ("comparison.png", "policy.png", "training_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "per_image.csv").read_text().splitlines()
-    assert len(rows) == 1 + 5 * 5  # header + 5 methods x 5 images
+    assert len(rows) == 1 + 7 * 5  # header + 7 methods (No RL and PPO twice: + back-projection) x 5 images
+    # With the output fix: the same trajectories (UNet calls per image), other images (PSNR).
+    assert "| **all** | No RL + LR back-projection | 5 |" in readme and "| PPO + LR back-projection minus |" in readme
+    per_image = list(csv.DictReader((out / "per_image.csv").open()))
+    for name in ("No RL", "PPO"):
+        plain = [r for r in per_image if r["method"] == name]
+        fixed = [r for r in per_image if r["method"] == f"{name} + LR back-projection"]
+        assert [r["unet_calls"] for r in plain] == [r["unet_calls"] for r in fixed]
+        assert [r["psnr"] for r in plain] != [r["psnr"] for r in fixed]
 
 
 def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path):
@@ -151,7 +160,8 @@ def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path):
     module = _script("eval_base_model")
     per_image = {"bicubic": {"psnr": [25.0, 26.0, 27.0], "lpips": [0.5, 0.6, 0.7]},
                  "vq_reconstruction": {"psnr": [29.0, 30.0, 31.0], "lpips": [0.2, 0.2, 0.2]},
-                 "ddim50_eta1": {"psnr": [24.0, 24.5, 25.0], "lpips": [0.3, 0.45, 0.6]}}
+                 "ddim50_eta1": {"psnr": [24.0, 24.5, 25.0], "lpips": [0.3, 0.45, 0.6]},
+                 "ddim50_eta1 + back_projection": {"psnr": [26.0, 26.5, 27.0], "lpips": [0.3, 0.4, 0.5]}}
     metrics = {m: {k: sum(v) / 3 for k, v in s.items()} | {"ssim": 0.5, "colour_offset": 1.0}
                for m, s in per_image.items()}
     results = {"lpips": "alex (real ImageNet weights)", "seconds_per_256px_image": {"ddim50_eta1": 2.0},
@@ -168,6 +178,12 @@ def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path):
     assert "VQ reconstruction 30.00 dB (95% CI [27.52, 32.48]) (target >= 28): **met**" in text
     assert "PSNR -1.50 dB vs bicubic (95% CI [-2.74, -0.26]) (target >= -1.5): **met**" in text
     assert "(difference 95% CI [-0.2742, -0.0258]) (target: lower): **met**" in text  # -0.15 +- 4.303 * 0.05 / sqrt 3
+    # A fixed output is reported beside the pipeline's rows, and never judged against the targets.
+    targets, fixes = text.split("Acceptance targets")[1].split("With an output fix")
+    assert "back-projection" not in targets and targets.count("**met**") == 3
+    assert ("- toy, LDM, DDIM 50 steps, eta 1 + LR back-projection: PSNR +0.50 dB vs bicubic "
+            "(95% CI [-0.74, +1.74]); LPIPS -0.2000 vs bicubic (95% CI [-0.2000, -0.2000])") in fixes
+    assert "| LDM, DDIM 50 steps, eta 1 + LR back-projection | 26.50 |" in text
     assert json.loads(saved.read_text()) == json.loads(json.dumps(results))  # the scores are not rewritten
 
 
