@@ -45,6 +45,8 @@ OUTPUT_FIXES = ("none", "mean_colour", "wavelet", "back_projection")
 
 # StableSR's decomposition depth: the lowest band keeps structures above ~2^5 pixels.
 WAVELET_LEVELS = 5
+# Replicate padding by the largest dilation needs images wider than it.
+WAVELET_MIN_SIDE = 2 ** (WAVELET_LEVELS - 1)
 
 
 def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -77,10 +79,8 @@ def _wavelet_split(images: Tensor, levels: int = WAVELET_LEVELS) -> tuple[Tensor
 def wavelet_colour_fix(sr: Tensor, lr: Tensor) -> Tensor:
     """StableSR's wavelet colour fix: high bands of ``sr`` + the lowest band of ``up(lr)``."""
     _check_lr(sr, lr)
-    side = 2 ** (WAVELET_LEVELS - 1)
-    if min(sr.shape[-2:]) <= side:
-        # Replicate padding needs the image to be wider than the largest dilation.
-        raise ValueError(f"wavelet: the output must be larger than {side} px on each side, got "
+    if min(sr.shape[-2:]) <= WAVELET_MIN_SIDE:
+        raise ValueError(f"wavelet: the output must be larger than {WAVELET_MIN_SIDE} px on each side, got "
                          f"{tuple(sr.shape[-2:])}; use 'mean_colour' for smaller images")
     high, _ = _wavelet_split(sr)
     _, low = _wavelet_split(_upsample(lr, tuple(sr.shape[-2:])))
