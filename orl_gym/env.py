@@ -111,9 +111,6 @@ class EnvConfig:
             object.__setattr__(self, "categories", cats)
         if self.output_fix not in postprocess.OUTPUT_FIXES:
             raise ValueError(f"output_fix: expected one of {postprocess.OUTPUT_FIXES}, got {self.output_fix!r}")
-        if self.output_fix == "wavelet" and self.hr_size <= postprocess.WAVELET_MIN_SIDE:
-            raise ValueError(f"output_fix: 'wavelet' needs hr_size > {postprocess.WAVELET_MIN_SIDE}, got "
-                             f"{self.hr_size}; use 'mean_colour' or 'back_projection' for smaller images")
         if self.image_order not in ("random", "sequential"):
             raise ValueError(f"image_order: expected 'random' or 'sequential', got {self.image_order!r}")
         if self.max_images is not None and int(self.max_images) < 1:

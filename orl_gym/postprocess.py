@@ -43,13 +43,14 @@ __all__ = ["OUTPUT_FIXES", "apply_output_fix", "back_project", "match_mean_colou
 
 OUTPUT_FIXES = ("none", "mean_colour", "wavelet", "back_projection")
 
-# StableSR's decomposition depth: the lowest band keeps structures above ~2^5 pixels.
+# StableSR's decomposition depth: the lowest band keeps structures above ~2^5 pixels (on images
+# smaller than that it is close to the mean colour).
 WAVELET_LEVELS = 5
-# Replicate padding by the largest dilation needs images wider than it.
-WAVELET_MIN_SIDE = 2 ** (WAVELET_LEVELS - 1)
 
 
 def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:
+    # Not rewards.bicubic_upsample: that one clamps to [0, 1], and back-projection upsamples a
+    # signed residual.
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False)
 
 
@@ -79,9 +80,6 @@ def _wavelet_split(images: Tensor, levels: int = WAVELET_LEVELS) -> tuple[Tensor
 def wavelet_colour_fix(sr: Tensor, lr: Tensor) -> Tensor:
     """StableSR's wavelet colour fix: high bands of ``sr`` + the lowest band of ``up(lr)``."""
     _check_lr(sr, lr)
-    if min(sr.shape[-2:]) <= WAVELET_MIN_SIDE:
-        raise ValueError(f"wavelet: the output must be larger than {WAVELET_MIN_SIDE} px on each side, got "
-                         f"{tuple(sr.shape[-2:])}; use 'mean_colour' for smaller images")
     high, _ = _wavelet_split(sr)
     _, low = _wavelet_split(_upsample(lr, tuple(sr.shape[-2:])))
     return (high + low).clamp(0.0, 1.0)

@@ -227,5 +227,3 @@ def test_output_fix_is_applied_to_the_scored_and_rendered_image(env_kwargs):
     assert not np.array_equal(frames["none"][:, width:2 * width], frames["back_projection"][:, width:2 * width])
     with pytest.raises(ValueError, match="output_fix: expected one of"):
         gym.make(orl_gym.ENV_ID, output_fix="colour", **env_kwargs)
-    with pytest.raises(ValueError, match="'wavelet' needs hr_size > 16"):
-        gym.make(orl_gym.ENV_ID, **{**env_kwargs, "hr_size": 16, "output_fix": "wavelet"})
