@@ -48,7 +48,7 @@ from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
 from orl_gym.evaluation import paired_interval
 from orl_gym.io import atomic_write_text, rerun_command
 from orl_gym.models import bundled_model_path, load_ldmsr
-from orl_gym.postprocess import OUTPUT_FIXES, apply_output_fix
+from orl_gym.postprocess import OUTPUT_FIX_NAMES, OUTPUT_FIXES, apply_output_fix
 
 CARD_BEGIN, CARD_END = "<!-- eval:begin -->", "<!-- eval:end -->"
 SAMPLERS = {"ddim100_eta0": (100, 0.0), "ddim50_eta1": (50, 1.0)}
@@ -218,12 +218,10 @@ def markdown(results: dict) -> str:
     label = {"bicubic": "bicubic x4", "vq_reconstruction": "VQ reconstruction (upper bound)",
              "ddim100_eta0": "LDM, DDIM 100 steps, eta 0 (pipeline default)",
              "ddim50_eta1": "LDM, DDIM 50 steps, eta 1"}
-    fix_label = {"mean_colour": "mean colour matched to the LR", "wavelet": "wavelet colour fix",
-                 "back_projection": "LR back-projection"}
 
     def name_of(method: str) -> str:
         sampler, _, fix = method.partition(FIX_SEPARATOR)
-        return label.get(sampler, sampler) + (f" + {fix_label.get(fix, fix)}" if fix else "")
+        return label.get(sampler, sampler) + (f" + {OUTPUT_FIX_NAMES.get(fix, fix)}" if fix else "")
     lines = [
         f"Measured {setup['date']} by `{setup['command']}` on the `{setup['split']}` split, whole "
         f"images, {setup['device']} ({setup['machine']}, {setup['threads']} torch threads), "

@@ -67,11 +67,9 @@ from orl_gym.io import (
     rerun_command,
     write_report,
 )
-from orl_gym.postprocess import OUTPUT_FIXES
+from orl_gym.postprocess import OUTPUT_FIX_NAMES, OUTPUT_FIXES
 
 METRICS = ("psnr", "ssim", "lpips", "unet_calls", "reward")
-FIX_NAMES = {"mean_colour": "mean colour fix", "wavelet": "wavelet colour fix",
-             "back_projection": "LR back-projection"}
 NAMES = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG", "tqc": "TQC", "trpo": "TRPO",
          "recurrent_ppo": "RecurrentPPO", "crossq": "CrossQ"}
 
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed: list[MethodResult] = []
     if args.output_fix != "none":
         fixed_kwargs = {**env_kwargs, "output_fix": args.output_fix}
-        suffix = f" + {FIX_NAMES[args.output_fix]}"
+        suffix = f" + {OUTPUT_FIX_NAMES[args.output_fix]}"
         fixed = [evaluate_method("No RL" + suffix, constant_policy(encode_params(actions)), fixed_kwargs, **common),
                  evaluate_method(NAMES.get(args.main, args.main) + suffix, SB3Policy(main_agent), fixed_kwargs,
                                  **common)]

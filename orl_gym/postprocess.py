@@ -39,9 +39,12 @@ from torch import Tensor
 from orl_gym.data import downsample_bicubic
 from orl_gym.rewards import _check_image_batch, _check_lr
 
-__all__ = ["OUTPUT_FIXES", "apply_output_fix", "back_project", "match_mean_colour", "wavelet_colour_fix"]
+__all__ = ["OUTPUT_FIXES", "OUTPUT_FIX_NAMES", "apply_output_fix", "back_project", "match_mean_colour", "wavelet_colour_fix"]
 
 OUTPUT_FIXES = ("none", "mean_colour", "wavelet", "back_projection")
+# How tables name them.
+OUTPUT_FIX_NAMES = {"none": "no fix", "mean_colour": "mean colour matched to the LR",
+                    "wavelet": "wavelet colour fix", "back_projection": "LR back-projection"}
 
 # StableSR's decomposition depth: the lowest band keeps structures above ~2^5 pixels (on images
 # smaller than that it is close to the mean colour).
