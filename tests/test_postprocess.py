@@ -75,10 +75,15 @@ def test_wavelet_keeps_the_detail_and_takes_the_lr_colour():
     assert (psnr(coarse[0], coarse[2]) > psnr(coarse[1], coarse[2]) + 10).all()
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", OUTPUT_FIXES)
-def test_batched_equals_per_image_and_gradients_flow(name):
-    hr, lr = _pair()
-    sr = _smooth_images(seed=2).requires_grad_(True)
+def test_batched_equals_per_image_and_gradients_flow(name, device):
+    hr, lr = (x.to(device) for x in _pair())
+    sr = _smooth_images(seed=2).to(device).requires_grad_(True)
     batched = apply_output_fix(name, sr, lr)
     rows = torch.cat([apply_output_fix(name, sr[i:i + 1], lr[i:i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, rows, atol=1e-6, rtol=0)

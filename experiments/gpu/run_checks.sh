@@ -21,7 +21,7 @@ status=0
     "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } \
     2>&1 | tee "$OUT/gpu.txt"
 # The CUDA cases of the suite (the other tests ran in CI, on CPU).
-"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests/test_data.py tests/test_rewards.py tests/test_env.py \
+"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests/test_data.py tests/test_rewards.py tests/test_env.py tests/test_postprocess.py \
     2>&1 | tee "$OUT/pytest_cuda.log" || status=1
 "$PYTHON" experiments/bench_rewards.py --device cuda --malloc inherit --repeats 7 \
     --output "$OUT/bench_rewards_cuda.md" 2>&1 | tee "$OUT/bench_rewards.log" || status=1
