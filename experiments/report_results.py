@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         env_kwargs, actions, grid=GRIDS[args.grid], split="validation", num_envs=args.n_envs,
         max_images=args.grid_max_images, seed=args.seed)
 
-    no_rl = evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, keep_images=keep, **common)
+    default_sampler = constant_policy(encode_params(actions))  # stride 1, eta 0, noise 1, no guidance
+    no_rl = evaluate_method("No RL", default_sampler, env_kwargs, keep_images=keep, **common)
     best = evaluate_method("best constant", constant_policy(best_action), env_kwargs, keep_images=keep, **common)
     policies: dict[str, MethodResult] = {}
     trace, num_train, main_agent = None, 1000, None
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_fix != "none":
         fixed_kwargs = {**env_kwargs, "output_fix": args.output_fix}
         suffix = f" + {OUTPUT_FIX_NAMES[args.output_fix]}"
-        fixed = [evaluate_method("No RL" + suffix, constant_policy(encode_params(actions)), fixed_kwargs, **common),
+        fixed = [evaluate_method("No RL" + suffix, default_sampler, fixed_kwargs, **common),
                  evaluate_method(NAMES.get(args.main, args.main) + suffix, SB3Policy(main_agent), fixed_kwargs,
                                  **common)]
     peers = [bicubic_result(no_rl)]

@@ -1102,15 +1102,14 @@ def objective_changes(ckpt: dict | None, cfg: TrainConfig, step: int) -> list[di
 def objective_description(unet_ckpt: dict) -> str:
     """The card's wording of the UNet objective, with every change of it during the run."""
     text = PREDICTION_OBJECTIVES[unet_prediction_type(unet_ckpt)]
-    parts = []
-    for change in unet_ckpt.get("objective_changes") or []:
-        weight, pool = change["lowfreq_weight"], change["lowfreq_pool"]
-        term = (f"+ {weight:g} x MSE of the {pool}x{pool}-latent-cell average-pooled z0 estimate"
-                if weight > 0 else "no low-frequency term")
-        parts.append(f"from step {change['step']}: {term}")
-    if any(c["lowfreq_weight"] > 0 for c in unet_ckpt.get("objective_changes") or []):
-        text += " (" + "; ".join(parts) + ")"
-    return text
+    changes = unet_ckpt.get("objective_changes") or []
+    if not any(c["lowfreq_weight"] > 0 for c in changes):
+        return text  # plain MSE throughout: nothing to add
+    parts = [f"from step {c['step']}: " + (
+        f"+ {c['lowfreq_weight']:g} x MSE of the {c['lowfreq_pool']}x{c['lowfreq_pool']}-latent-cell "
+        "average-pooled z0 estimate" if c["lowfreq_weight"] > 0 else "no low-frequency term")
+        for c in changes]
+    return f"{text} ({'; '.join(parts)})"
 
 
 def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:

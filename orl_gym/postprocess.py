@@ -51,6 +51,12 @@ OUTPUT_FIX_NAMES = {"none": "no fix", "mean_colour": "mean colour matched to the
 WAVELET_LEVELS = 5
 
 
+def _check(sr: Tensor, lr: Tensor) -> None:
+    """The package's image-batch checks (``orl_gym.rewards``): shapes, dtype, scale, device."""
+    _check_image_batch("sr", sr)
+    _check_lr(sr, lr)
+
+
 def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:
     # Not rewards.bicubic_upsample: that one clamps to [0, 1], and back-projection upsamples a
     # signed residual.
@@ -59,7 +65,7 @@ def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:
 
 def match_mean_colour(sr: Tensor, lr: Tensor) -> Tensor:
     """``sr`` shifted per image and channel so that ``down(sr)`` has the mean colour of ``lr``."""
-    _check_lr(sr, lr)
+    _check(sr, lr)
     shift = lr.mean(dim=(2, 3), keepdim=True) - downsample_bicubic(sr, lr.shape[-2:]).mean(dim=(2, 3), keepdim=True)
     return (sr + shift).clamp(0.0, 1.0)
 
@@ -82,7 +88,7 @@ def _wavelet_split(images: Tensor, levels: int = WAVELET_LEVELS) -> tuple[Tensor
 
 def wavelet_colour_fix(sr: Tensor, lr: Tensor) -> Tensor:
     """StableSR's wavelet colour fix: high bands of ``sr`` + the lowest band of ``up(lr)``."""
-    _check_lr(sr, lr)
+    _check(sr, lr)
     high, _ = _wavelet_split(sr)
     _, low = _wavelet_split(_upsample(lr, tuple(sr.shape[-2:])))
     return (high + low).clamp(0.0, 1.0)
@@ -90,7 +96,7 @@ def wavelet_colour_fix(sr: Tensor, lr: Tensor) -> Tensor:
 
 def back_project(sr: Tensor, lr: Tensor, *, iterations: int = 1) -> Tensor:
     """Iterative back-projection: ``sr <- sr + up(lr - down(sr))``, ``iterations`` times."""
-    _check_lr(sr, lr)
+    _check(sr, lr)
     if iterations < 1:
         raise ValueError(f"iterations: expected >= 1, got {iterations}")
     size = tuple(sr.shape[-2:])
@@ -103,12 +109,8 @@ def apply_output_fix(name: str, sr: Tensor, lr: Tensor) -> Tensor:
     """The correction ``name`` (one of ``OUTPUT_FIXES``, see the module docstring) of ``sr``."""
     if name not in OUTPUT_FIXES:
         raise ValueError(f"output_fix: unknown {name!r}; choose one of {OUTPUT_FIXES}")
-    _check_image_batch("sr", sr)
-    _check_lr(sr, lr)
     if name == "none":
+        _check(sr, lr)  # the same input contract with or without a fix
         return sr
-    if name == "mean_colour":
-        return match_mean_colour(sr, lr)
-    if name == "wavelet":
-        return wavelet_colour_fix(sr, lr)
-    return back_project(sr, lr)
+    fix = {"mean_colour": match_mean_colour, "wavelet": wavelet_colour_fix, "back_projection": back_project}[name]
+    return fix(sr, lr)
