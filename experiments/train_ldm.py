@@ -37,6 +37,13 @@ Output folder (``--out``)::
     loss_vq.png, loss_unet.png
     export/                diffusers pipeline folder (weights fp16 by default)
 
+A new run can start from another run's finished stages: ``--init-from RUN`` copies RUN's
+checkpoints of ``--init-stages`` (default ``vq,decoder``: the autoencoder, its fine-tuned decoder
+and the cached training latents) and its ``commands.log`` into ``--out``, and takes RUN's
+architecture for every field not given on the command line (those of a copied stage must match).
+So a wider UNet on the same autoencoder, or a fine-tuning of a UNet, is one command whose lineage
+the model card lists, rather than a copied folder.
+
 Every invocation resumes from the checkpoints in ``--out``; raising ``--vq-steps`` or
 ``--unet-steps`` continues a finished stage (the learning-rate schedule is a function of
 (step, total steps), so it is recomputed for the new total). Ctrl-C, SIGTERM or a file
@@ -47,6 +54,9 @@ Examples::
     ORL_GYM_DATA=../shared/data python experiments/train_ldm.py --out /tmp/ldm --vq-steps 6000 \\
         --unet-steps 20000
     python experiments/train_ldm.py --out /tmp/ldm --export-only --export orl_gym/assets/ldm-sr-tiny-x4
+    # a 4x wider UNet on /tmp/ldm's autoencoder
+    python experiments/train_ldm.py --out /tmp/ldm_wide --init-from /tmp/ldm --stages unet \
+        --unet-channels 64,128,128
 """
 
 from __future__ import annotations
@@ -159,6 +169,8 @@ class TrainConfig:
     export_only: bool = False
     no_export: bool = False
     stages: str = "vq,unet"
+    init_from: str | None = None
+    init_stages: str = "vq,decoder"
     progress: bool = True
 
     @property
@@ -184,6 +196,15 @@ PREDICTION_OBJECTIVES = {
 ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
                "unet_channels", "unet_layers_per_block", "attention_levels", "vq_mid_attention",
                "unet_mid_attention", "norm_num_groups")
+# The fields a copied stage fixes (--init-from): the VQ's (norm_num_groups is shared by both
+# networks) and, when the UNet is copied too, the UNet's and its target.
+VQ_ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
+                  "vq_mid_attention", "norm_num_groups")
+UNET_ARCH_FIELDS = ("unet_channels", "unet_layers_per_block", "attention_levels",
+                    "unet_mid_attention", "norm_num_groups", "prediction_type")
+# What --init-from copies for each stage (the latents cache belongs to the VQ that encoded it).
+INIT_FILES = {"vq": ("vq/checkpoint.pt", "unet/latents.pt"), "decoder": ("decoder/checkpoint.pt",),
+              "unet": ("unet/checkpoint.pt",)}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -265,6 +286,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--max-minutes", type=float, default=d.max_minutes,
                    help="stop (checkpointed) after this much wall time in this invocation (0: no limit)")
     g.add_argument("--stages", default=d.stages, help="comma list of stages to run: vq, decoder, unet")
+    g.add_argument("--init-from", default=d.init_from,
+                   help="start a new run from this run folder's checkpoints of --init-stages "
+                        "(copied; its architecture is the default)")
+    g.add_argument("--init-stages", default=d.init_stages,
+                   help="with --init-from: comma list of stages to copy (vq, decoder, unet); "
+                        "decoder / unet are skipped where the source has none")
     g.add_argument("--export", default=d.export,
                    help="also write the diffusers folder here (default: <out>/export)")
     g.add_argument("--export-dtype", default=d.export_dtype, choices=("float16", "float32"))
@@ -1259,12 +1286,36 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
 # --------------------------------------------------------------------------- main
 
 
+def _explicit(argv: list[str]) -> set[str]:
+    """Config fields given on the command line."""
+    return {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def _saved_config(folder: Path) -> dict | None:
+    path = folder / "run_config.json"
+    return json.loads(path.read_text())["config"] if path.exists() else None
+
+
+def _init_stages(cfg: TrainConfig) -> list[str]:
+    stages = [s.strip() for s in cfg.init_stages.split(",") if s.strip()]
+    unknown = set(stages) - set(INIT_FILES)
+    if unknown or not stages:
+        raise SystemExit(f"--init-stages: expected a comma list of {', '.join(INIT_FILES)}, got "
+                         f"{cfg.init_stages!r}")
+    if "vq" not in stages:
+        raise SystemExit("--init-stages: a copied decoder or UNet belongs to its VQ; include vq")
+    return stages
+
+
 def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
-    """On resume the saved architecture wins; a conflicting one on the command line is an error."""
-    saved_path = Path(cfg.out) / "run_config.json"
-    if saved_path.exists():
-        saved = json.loads(saved_path.read_text())["config"]
-        explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    """On resume the saved architecture wins; a conflicting one on the command line is an error.
+
+    A new run with ``--init-from`` takes the source run's architecture for the fields not given;
+    a given field that a copied stage fixes must equal the source's.
+    """
+    explicit = _explicit(argv)
+    saved = _saved_config(Path(cfg.out))
+    if saved is not None:
         for name in ARCH_FIELDS:
             value = saved[name]
             value = tuple(value) if isinstance(value, list) else value
@@ -1272,7 +1323,62 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
                 raise SystemExit(f"--{name.replace('_', '-')}: the run in {cfg.out} was built with "
                                  f"{value}, not {getattr(cfg, name)}; use a new --out")
             setattr(cfg, name, value)
+        return cfg
+    if cfg.init_from is None:
+        return cfg
+    source = Path(cfg.init_from)
+    source_config = _saved_config(source)
+    if source_config is None:
+        raise SystemExit(f"--init-from: {source} has no run_config.json; name a train_ldm.py run folder")
+    stages = _init_stages(cfg)
+    fixed = set(VQ_ARCH_FIELDS) | (set(UNET_ARCH_FIELDS) if "unet" in stages else set())
+    for name in (*ARCH_FIELDS, "prediction_type"):
+        value = source_config.get(name, getattr(TrainConfig, name, None))
+        value = tuple(value) if isinstance(value, list) else value
+        if name not in explicit:
+            setattr(cfg, name, value)
+        elif name in fixed and getattr(cfg, name) != value:
+            raise SystemExit(f"--{name.replace('_', '-')}: the copied stages of {source} were built "
+                             f"with {value}, not {getattr(cfg, name)}; leave it out or train that "
+                             "stage anew (--init-stages)")
     return cfg
+
+
+def init_run_from(cfg: TrainConfig) -> None:
+    """Copy the source run's checkpoints of --init-stages and its commands.log into a new run.
+
+    Repeating the command (to resume) copies nothing again; a run folder that already holds
+    checkpoints from elsewhere is refused rather than overwritten.
+    """
+    out, source = Path(cfg.out), Path(cfg.init_from)
+    stages = _init_stages(cfg)
+    record_path = out / "init_from.json"
+    record = {"source": str(source.resolve()), "stages": stages}
+    if record_path.exists():
+        previous = json.loads(record_path.read_text())
+        if previous != record:
+            raise SystemExit(f"--init-from: {out} was initialised from {previous['source']} "
+                             f"(stages {previous['stages']}), not {record['source']} ({stages})")
+        return
+    existing = [p for p in INIT_FILES["vq"] + INIT_FILES["decoder"] + INIT_FILES["unet"] if (out / p).exists()]
+    if existing:
+        raise SystemExit(f"--init-from: {out} already holds {existing}; use a new --out")
+    names = [name for stage in stages for name in INIT_FILES[stage]]
+    # The decoder checkpoint and the latents cache are optional (the UNet stage re-encodes).
+    missing = [n for n in names if n in ("vq/checkpoint.pt", "unet/checkpoint.pt") and not (source / n).exists()]
+    if missing:
+        raise SystemExit(f"--init-from: {source} has no {missing}; train those stages there first "
+                         "or leave them out of --init-stages")
+    for name in names:
+        if (source / name).exists():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            tmp = out / (name + ".tmp")
+            shutil.copy2(source / name, tmp)
+            os.replace(tmp, out / name)
+            print(f"init: copied {source / name}", file=sys.stderr)
+    if (source / "commands.log").exists():
+        atomic_write_text((source / "commands.log").read_text(), out / "commands.log")
+    atomic_write_text(json.dumps(record, indent=2) + "\n", record_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1282,6 +1388,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.init_from is not None:
+        init_run_from(cfg)
     command = [sys.executable, str(Path(__file__).resolve()), *argv]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(out / "commands.log", "a") as log:

@@ -149,6 +149,57 @@ def test_decoder_stage_keeps_latents_and_exports_best_weights(train_ldm, synthet
         train_ldm.main(_args(out, synthetic_data, 4, 3, "--export-only"))
 
 
+def test_init_from_trains_a_new_unet_on_another_runs_autoencoder(train_ldm, synthetic_data, tmp_path):
+    source = tmp_path / "source"
+    assert train_ldm.main(_args(source, synthetic_data, 3, 2, "--vq-mid-attention", "--no-export")) == 0
+    common = ["--data", str(synthetic_data), "--threads", "1", "--no-progress", "--unet-batch-size", "4",
+              "--unet-crop", "32", "--val-images", "2", "--val-crop", "32", "--unet-warmup", "1",
+              "--checkpoint-every", "100", "--val-every", "100"]
+    wide = tmp_path / "wide"
+    args = ["--out", str(wide), "--init-from", str(source), "--stages", "unet",
+            "--unet-channels", "32,32,64", "--unet-steps", "2", *common]
+    assert train_ldm.main(args) == 0
+
+    # The autoencoder and its cached latents are the source's, byte for byte.
+    for name in ("vq/checkpoint.pt", "unet/latents.pt"):
+        assert (wide / name).read_bytes() == (source / name).read_bytes()
+    config = json.loads((wide / "run_config.json").read_text())["config"]
+    # Architecture not given on the command line comes from the source; the UNet's is new.
+    assert config["vq_channels"] == [8, 16, 16] and config["codebook_size"] == 64
+    assert config["vq_mid_attention"] is True and config["unet_channels"] == [32, 32, 64]
+    unet, source_unet = (torch.load(r / "unet" / "checkpoint.pt", weights_only=False) for r in (wide, source))
+    assert unet["step"] == 2 and unet["vq_step"] == 3
+    assert unet["model"]["conv_in.weight"].shape[0] == 32 != source_unet["model"]["conv_in.weight"].shape[0]
+    # The lineage: the source's invocations, then this one, in the log and in the card.
+    source_lines = (source / "commands.log").read_text().splitlines()
+    lines = (wide / "commands.log").read_text().splitlines()
+    assert lines[:-1] == source_lines and "--init-from" in lines[-1]
+    card = (wide / "export" / "README.md").read_text()
+    assert source_lines[0].split(" ", 1)[1] in card and "--init-from" in card
+    assert list(load_ldmsr(wide / "export").unet.config.block_out_channels) == [32, 32, 64]
+
+    # The same command again resumes the run; nothing is copied again.
+    assert train_ldm.main([*args[:-len(common) - 2], "--unet-steps", "3", *common]) == 0
+    assert torch.load(wide / "unet" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert len((wide / "commands.log").read_text().splitlines()) == len(lines) + 1
+    # A copied stage's architecture cannot be changed; another source for the same run is refused.
+    with pytest.raises(SystemExit, match="vq-channels"):
+        train_ldm.main(["--out", str(tmp_path / "other"), "--init-from", str(source),
+                        "--vq-channels", "8,8,16", *common])
+    with pytest.raises(SystemExit, match="initialised from"):
+        train_ldm.main(["--out", str(wide), "--init-from", str(wide), *common])
+
+    # --init-stages vq,unet continues the source's UNet (a fine-tuning run of its own).
+    tuned = tmp_path / "tuned"
+    assert train_ldm.main(["--out", str(tuned), "--init-from", str(source), "--init-stages", "vq,unet",
+                           "--stages", "unet", "--unet-steps", "3", "--no-export", *common]) == 0
+    tuned_unet = torch.load(tuned / "unet" / "checkpoint.pt", weights_only=False)
+    assert tuned_unet["step"] == 3 and tuned_unet["history"][:2] == source_unet["history"][:2]
+    with pytest.raises(SystemExit, match="include vq"):
+        train_ldm.main(["--out", str(tmp_path / "bad"), "--init-from", str(source),
+                        "--init-stages", "unet", *common])
+
+
 @pytest.mark.parametrize("vq_attention,unet_attention", [(False, False), (True, False), (False, True)])
 def test_mid_attention_flags_reach_the_networks(train_ldm, vq_attention, unet_attention):
     # Until 2026-11-26 the flags were applied with from_config, which diffusers ignores for keys
