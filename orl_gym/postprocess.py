@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from orl_gym.data import downsample_bicubic
-from orl_gym.rewards import _check_image_batch, _check_lr
+from orl_gym.rewards import check_image_batch, check_lr
 
 __all__ = ["OUTPUT_FIXES", "OUTPUT_FIX_NAMES", "apply_output_fix", "back_project", "match_mean_colour", "wavelet_colour_fix"]
 
@@ -53,8 +53,8 @@ WAVELET_LEVELS = 5
 
 def _check(sr: Tensor, lr: Tensor) -> None:
     """The package's image-batch checks (``orl_gym.rewards``): shapes, dtype, scale, device."""
-    _check_image_batch("sr", sr)
-    _check_lr(sr, lr)
+    check_image_batch("sr", sr)
+    check_lr(sr, lr)
 
 
 def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:

@@ -105,7 +105,9 @@ __all__ = [
     "TERM_NAMES",
     "bicubic_downsample",
     "bicubic_upsample",
+    "check_image_batch",
     "check_image_values",
+    "check_lr",
     "combine_terms",
     "fetch_lpips_weights",
     "lr_consistency",
@@ -133,7 +135,10 @@ One pass on other devices."""
 # --- input checks -------------------------------------------------------------------------------
 
 
-def _check_image_batch(name: str, images: Tensor) -> None:
+def check_image_batch(name: str, images: Tensor) -> None:
+    """Raise TypeError / ValueError unless ``images`` is a float (B, C, H, W) tensor (the shape
+    and type contract of every image batch in the package; values are checked separately by
+    ``check_image_values``)."""
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4:
@@ -149,8 +154,8 @@ def _check_image_batch(name: str, images: Tensor) -> None:
 
 
 def _check_pair(sr: Tensor, hr: Tensor, *, sr_name: str = "sr", hr_name: str = "hr") -> None:
-    _check_image_batch(sr_name, sr)
-    _check_image_batch(hr_name, hr)
+    check_image_batch(sr_name, sr)
+    check_image_batch(hr_name, hr)
     if sr.shape != hr.shape:
         raise ValueError(
             f"{sr_name} and {hr_name} must have the same shape, got {tuple(sr.shape)} and "
@@ -160,9 +165,9 @@ def _check_pair(sr: Tensor, hr: Tensor, *, sr_name: str = "sr", hr_name: str = "
         raise ValueError(f"{sr_name} is on {sr.device} but {hr_name} on {hr.device}; move both")
 
 
-def _check_lr(sr: Tensor, lr: Tensor) -> int:
+def check_lr(sr: Tensor, lr: Tensor) -> int:
     """Check ``lr`` against ``sr`` and return the integer scale factor."""
-    _check_image_batch("lr", lr)
+    check_image_batch("lr", lr)
     if lr.shape[:2] != sr.shape[:2]:
         raise ValueError(
             f"lr must have the same batch size and channels as the output, got {tuple(lr.shape)} "
@@ -362,8 +367,8 @@ def lr_consistency(sr: Tensor, lr: Tensor, *, scale: int, check_values: bool = T
     Needs no ground truth: it measures whether the output explains its own LR input under the
     bicubic (antialiased) degradation. ``inf`` where they agree exactly.
     """
-    _check_image_batch("sr", sr)
-    found_scale = _check_lr(sr, lr)
+    check_image_batch("sr", sr)
+    found_scale = check_lr(sr, lr)
     if found_scale != scale:
         raise ValueError(f"scale={scale} but the output is {found_scale}x the size of lr")
     if check_values:
@@ -437,7 +442,7 @@ class LPIPS(torch.nn.Module):
 
     def features(self, images: Tensor, *, check_values: bool = True) -> list[Tensor]:
         """Unit-normalized backbone features of ``images`` in [0, 1], one tensor per layer."""
-        _check_image_batch("images", images)
+        check_image_batch("images", images)
         if check_values:
             check_image_values({"images": images})
         return [self._normalize_tensor(out) for out in self.model.net(self._scaled(images))]
@@ -620,8 +625,8 @@ class RewardModel:
         and, with ``cache_hr_lpips_features``, ``lpips_hr_features_{k}`` (the HR image's LPIPS
         features). Every value is batch-first, so a subset of images is ``{k: v[idx]}``.
         """
-        _check_image_batch("hr", hr)
-        scale = _check_lr(hr, lr)
+        check_image_batch("hr", hr)
+        scale = check_lr(hr, lr)
         self._check({"hr": hr, "lr": lr})
         bicubic = bicubic_upsample(lr, hr.shape[-2:])
         bicubic_psnr, bicubic_ssim = self._quality(bicubic, hr)
@@ -661,7 +666,7 @@ class RewardModel:
         """
         config = self.config
         _check_pair(sr, hr)
-        scale = _check_lr(sr, lr)
+        scale = check_lr(sr, lr)
         if reference_nfe <= 0:
             raise ValueError(f"reference_nfe must be > 0, got {reference_nfe}")
         nfe = torch.as_tensor(nfe, device=sr.device)
