@@ -10,6 +10,12 @@ the card of the model chosen.
     ORL_GYM_DATA=../shared/data python experiments/compare_base_models.py \\
         --models epsilon=/path/to/export_a v_prediction=/path/to/export_b --max-images 32
 
+``--scheduler-config LABEL:KEY=VALUE ...`` changes one model's scheduler config (the same weights
+under another sampler setting; a label may name the same folder as another label):
+
+    python experiments/compare_base_models.py --models leading=bundled trailing=bundled \
+        --scheduler-config trailing:timestep_spacing=trailing
+
 The raw per-image scores go to a JSON file next to the report (``--out`` with ``.json``).
 """
 
@@ -53,6 +59,19 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return models
 
 
+def parse_scheduler_overrides(items: list[str], models: dict[str, str]) -> dict[str, list[str]]:
+    """``LABEL:KEY=VALUE`` items -> {label: [KEY=VALUE, ...]} for every model label."""
+    overrides: dict[str, list[str]] = {label: [] for label in models}
+    for item in items:
+        label, sep, setting = item.partition(":")
+        if not sep or "=" not in setting:
+            raise SystemExit(f"--scheduler-config: {item!r} is not LABEL:KEY=VALUE")
+        if label not in models:
+            raise SystemExit(f"--scheduler-config: {label!r} is not one of the labels {list(models)}")
+        overrides[label].append(setting)
+    return overrides
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -64,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samplers", default="ddim100_eta0,ddim50_eta1")
     p.add_argument("--output-fixes", default="",
                    help="comma list of orl_gym.postprocess corrections to add after each sampler")
+    p.add_argument("--scheduler-config", nargs="*", default=[], metavar="LABEL:KEY=VALUE",
+                   help="override a key of one model's scheduler config (eval_base_model.py's option)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -114,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     models = parse_models(args.models)
+    overrides = parse_scheduler_overrides(args.scheduler_config, models)
     evaluator = _eval_base_model()
     results = {}
     for label, path in models.items():
@@ -121,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_args = evaluator.parse_args([
             "--model", path, "--datasets", args.datasets, "--split", args.split,
             "--max-images", str(args.max_images), "--samplers", args.samplers,
-            "--output-fixes", args.output_fixes,
+            "--output-fixes", args.output_fixes, "--scheduler-config", *overrides[label],
             "--batch-size", str(args.batch_size), "--seed", str(args.seed),
             *(["--no-lpips"] if args.no_lpips else [])])
         results[label] = evaluator.evaluate(eval_args)

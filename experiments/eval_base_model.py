@@ -21,6 +21,10 @@ per 256x256 image of the default sampler (batch of one). The Markdown table repl
 the model card between ``<!-- eval:begin -->`` and ``<!-- eval:end -->`` (appended when absent);
 the raw numbers go to ``eval_results.json`` next to it.
 
+``--scheduler-config KEY=VALUE ...`` evaluates the checkpoint with its scheduler config changed
+(``LDMSR.with_scheduler_config``), e.g. ``timestep_spacing=trailing``; the setting is recorded
+with the results. Such a run does not write the card unless ``--card`` names one.
+
 Example (a CPU-sized subset, a few minutes)::
 
     ORL_GYM_DATA=../shared/data python experiments/eval_base_model.py --max-images 16
@@ -68,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-fixes", default="mean_colour,wavelet,back_projection",
                    help="comma list of orl_gym.postprocess corrections to report after each sampler "
                    "(empty: none)")
+    p.add_argument("--scheduler-config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override keys of the checkpoint's scheduler config (values parsed as JSON, "
+                   "else kept as strings), e.g. timestep_spacing=trailing")
     p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
@@ -117,8 +124,29 @@ def group_by_shape(ds: PairDataset, indices: torch.Tensor) -> list[torch.Tensor]
     return [torch.tensor(g) for g in groups.values()]
 
 
+def parse_scheduler_config(items: list[str]) -> dict:
+    """``["timestep_spacing=trailing", "steps_offset=1"]`` -> {"timestep_spacing": "trailing",
+    "steps_offset": 1}: values are JSON where they parse (numbers, true / false, null)."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--scheduler-config: {item!r} is not KEY=VALUE")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     model = load_ldmsr(args.model, device=args.device)
+    overrides = parse_scheduler_config(args.scheduler_config)
+    if overrides:
+        try:
+            model = model.with_scheduler_config(**overrides)
+        except ValueError as err:
+            raise SystemExit(f"--scheduler-config: {err}") from None
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
     lpips_model, lpips_note = make_lpips(args.device, args.no_lpips)
@@ -203,7 +231,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         timing[sampler] = time.perf_counter() - start
     results["seconds_per_256px_image"] = timing
     results["setup"] = {
-        "model": str(model.source), "split": args.split, "max_images": args.max_images,
+        "model": str(model.source) + "".join(f"; scheduler {k}={v}" for k, v in overrides.items()),
+        "scheduler_overrides": overrides, "split": args.split, "max_images": args.max_images,
         "seed": args.seed, "device": args.device, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" if args.device == "cpu" else args.device,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -309,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         results["setup"]["command"] = rerun_command(__file__, argv)
     table = markdown(results)
     print(table)
-    if not args.no_card:
+    if args.scheduler_config and not args.card and not args.no_card:
+        # The card describes the checkpoint as stored; a changed sampler setting is not that.
+        print("--scheduler-config: the model card is left alone (name one with --card)", file=sys.stderr)
+    elif not args.no_card:
         folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
         card = Path(args.card) if args.card else folder / "README.md"
         write_card(card, table)

@@ -18,8 +18,9 @@ size: the tests use tiny ones, ``experiments/train_ldm.py`` trains the bundled o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
@@ -136,6 +137,22 @@ class LDMSR:
             else:
                 module.to(device)
         return self
+
+    def with_scheduler_config(self, **overrides: Any) -> LDMSR:
+        """The same networks (shared, not copied) with a scheduler built from this one's config
+        updated by ``overrides``, e.g. ``timestep_spacing="trailing"``: how a sampler setting of
+        the checkpoint is compared without writing a new checkpoint. Keys the scheduler's config
+        does not have raise ValueError (diffusers would ignore them silently)."""
+        # Without the private keys: diffusers' from_config resets every key listed in
+        # ``_use_default_values`` (those left at their defaults when the scheduler was built) to
+        # the class default, which would drop an override of such a key.
+        config = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise ValueError(f"scheduler config: unknown keys {unknown}; {type(self.scheduler).__name__} "
+                             f"has {sorted(config)}")
+        scheduler = type(self.scheduler).from_config({**config, **overrides})
+        return replace(self, scheduler=scheduler)
 
     def to_pipeline(self):
         """The equivalent ``LDMSuperResolutionPipeline`` (sharing these modules)."""

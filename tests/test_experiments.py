@@ -216,3 +216,27 @@ def test_compare_base_models_pairs_the_same_images(preset, data_root, tmp_path):
     assert f"{sum(o) / 2 - sum(a) / 2:+.2f} [" in section("other")[0]
     with pytest.raises(SystemExit, match="at least two"):
         module.main(["--models", f"a={model_dir}", "--out", str(out)])
+
+
+def test_compare_base_models_scheduler_override_changes_the_sampler_only(preset, data_root, tmp_path):
+    module = _script("compare_base_models")
+    model_dir = yaml.safe_load(preset.read_text())["model"]
+    out = tmp_path / "compare.md"
+    common = ["--datasets", str(data_root / "ucmerced"), "--max-images", "2", "--samplers", "ddim50_eta1",
+              "--no-lpips", "--threads", "1", "--out", str(out)]
+    assert module.main(["--models", f"leading={model_dir}", f"trailing={model_dir}",
+                        "--scheduler-config", "trailing:timestep_spacing=trailing", *common]) == 0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["trailing"]["setup"]["scheduler_overrides"] == {"timestep_spacing": "trailing"}
+    assert saved["leading"]["setup"]["scheduler_overrides"] == {}
+    assert "scheduler timestep_spacing=trailing" in out.read_text()
+    name = str(data_root / "ucmerced")
+    lead, trail = (saved[k]["datasets"][name]["per_image"] for k in ("leading", "trailing"))
+    assert lead["vq_reconstruction"] == trail["vq_reconstruction"]  # same weights
+    assert lead["ddim50_eta1"]["psnr"] != trail["ddim50_eta1"]["psnr"]  # another timestep grid
+    with pytest.raises(SystemExit, match="not one of the labels"):
+        module.main(["--models", f"a={model_dir}", f"b={model_dir}", "--scheduler-config",
+                     "c:timestep_spacing=trailing", *common])
+    with pytest.raises(SystemExit, match="unknown keys"):
+        module.main(["--models", f"a={model_dir}", f"b={model_dir}", "--scheduler-config",
+                     "b:spacing=trailing", *common])

@@ -66,6 +66,18 @@ def test_a_non_ldmsr_unet_is_rejected(tmp_path):
         type(model)(vqvae=model.vqvae, unet=model.unet, scheduler=model.scheduler)
 
 
+def test_with_scheduler_config_changes_only_the_scheduler(tiny_model):
+    from orl_gym.sampler import Schedule
+
+    trailing = tiny_model.with_scheduler_config(timestep_spacing="trailing")
+    assert trailing.unet is tiny_model.unet and trailing.vqvae is tiny_model.vqvae  # shared weights
+    assert tiny_model.scheduler.config.timestep_spacing == "leading"  # the original is untouched
+    assert Schedule.from_model(tiny_model, 10).timesteps[0] == 900
+    assert Schedule.from_model(trailing, 10).timesteps[0] == 999
+    with pytest.raises(ValueError, match="unknown keys \\['spacing'\\]"):
+        tiny_model.with_scheduler_config(spacing="trailing")
+
+
 def test_dtype_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_dtype("float32", cpu) == torch.float32
