@@ -13,8 +13,8 @@ the card of the model chosen.
 ``--scheduler-config LABEL:KEY=VALUE ...`` changes one model's scheduler config (the same weights
 under another sampler setting; a label may name the same folder as another label):
 
-    python experiments/compare_base_models.py --models leading=bundled trailing=bundled \
-        --scheduler-config trailing:timestep_spacing=trailing
+    ORL_GYM_DATA=../shared/data python experiments/compare_base_models.py \\
+        --models leading=bundled trailing=bundled --scheduler-config trailing:timestep_spacing=trailing
 
 The raw per-image scores go to a JSON file next to the report (``--out`` with ``.json``).
 """

@@ -40,7 +40,8 @@ Output folder (``--out``)::
 A new run can start from another run's finished stages: ``--init-from RUN`` copies RUN's
 checkpoints of ``--init-stages`` (default ``vq,decoder``: the autoencoder, its fine-tuned decoder
 and the cached training latents) and its ``commands.log`` into ``--out``, and takes RUN's
-architecture for every field not given on the command line (those of a copied stage must match).
+architecture and UNet target (``--prediction-type``) for every field not given on the command
+line (those of a copied stage must match).
 So a wider UNet on the same autoencoder, or a fine-tuning of a UNet, is one command whose lineage
 the model card lists, rather than a copied folder.
 
@@ -55,7 +56,7 @@ Examples::
         --unet-steps 20000
     python experiments/train_ldm.py --out /tmp/ldm --export-only --export orl_gym/assets/ldm-sr-tiny-x4
     # a 4x wider UNet on /tmp/ldm's autoencoder
-    python experiments/train_ldm.py --out /tmp/ldm_wide --init-from /tmp/ldm --stages unet \
+    python experiments/train_ldm.py --out /tmp/ldm_wide --init-from /tmp/ldm --stages unet \\
         --unet-channels 64,128,128
 """
 

@@ -75,6 +75,13 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return dtype
 
 
+# Scheduler config keys fixed by the UNet's training: its noise levels and what it predicts.
+TRAINING_SCHEDULER_KEYS = frozenset({
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+    "rescale_betas_zero_snr", "prediction_type",
+})
+
+
 @dataclass(eq=False)  # identity semantics (hashable): caches key on the loaded model object
 class LDMSR:
     """A frozen LDM-SR model: VQ autoencoder, conditional UNet and DDIM scheduler, on one device."""
@@ -142,7 +149,9 @@ class LDMSR:
         """The same networks (shared, not copied) with a scheduler built from this one's config
         updated by ``overrides``, e.g. ``timestep_spacing="trailing"``: how a sampler setting of
         the checkpoint is compared without writing a new checkpoint. Keys the scheduler's config
-        does not have raise ValueError (diffusers would ignore them silently)."""
+        does not have raise ValueError (diffusers would ignore them silently), and so do the keys
+        that say what the UNet was trained on (the noise schedule, the prediction type): changing
+        those gives a different, untrained model, not another sampler of this one."""
         # Without the private keys: diffusers' from_config resets every key listed in
         # ``_use_default_values`` (those left at their defaults when the scheduler was built) to
         # the class default, which would drop an override of such a key.
@@ -151,6 +160,10 @@ class LDMSR:
         if unknown:
             raise ValueError(f"scheduler config: unknown keys {unknown}; {type(self.scheduler).__name__} "
                              f"has {sorted(config)}")
+        trained = sorted(set(overrides) & TRAINING_SCHEDULER_KEYS)
+        if trained:
+            raise ValueError(f"scheduler config: {trained} define what the UNet was trained on; "
+                             "change only sampler settings (e.g. timestep_spacing, steps_offset)")
         scheduler = type(self.scheduler).from_config({**config, **overrides})
         return replace(self, scheduler=scheduler)
 

@@ -76,6 +76,8 @@ def test_with_scheduler_config_changes_only_the_scheduler(tiny_model):
     assert Schedule.from_model(trailing, 10).timesteps[0] == 999
     with pytest.raises(ValueError, match="unknown keys \\['spacing'\\]"):
         tiny_model.with_scheduler_config(spacing="trailing")
+    with pytest.raises(ValueError, match="trained on"):
+        tiny_model.with_scheduler_config(prediction_type="v_prediction")
 
 
 def test_dtype_choices():
