@@ -98,7 +98,9 @@ def report(results: dict[str, dict], command: str, split: str) -> list[str]:
     first = labels[0]
     lines = ["# LDM-SR checkpoints compared on the same images", "", f"Command: `{command}`  ",
              f"Machine: {machine_description('cpu')}", ""]
-    lines += [f"- `{label}`: {r['setup']['model']}" for label, r in results.items()]
+    lines += [f"- `{label}`: {r['setup']['model']}"
+              + "".join(f"; scheduler {k}={v}" for k, v in r["setup"].get("scheduler_overrides", {}).items())
+              for label, r in results.items()]
     lines += ["", f"`{split}` split, whole images, seed {results[first]['setup']['seed']} for every "
               f"sampler; LPIPS: {results[first]['lpips']}. Intervals: 95% t over images, paired "
               f"(same image, same seed), of model minus `{first}`.", ""]

@@ -231,8 +231,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         timing[sampler] = time.perf_counter() - start
     results["seconds_per_256px_image"] = timing
     results["setup"] = {
-        "model": str(model.source) + "".join(f"; scheduler {k}={v}" for k, v in overrides.items()),
-        "scheduler_overrides": overrides, "split": args.split, "max_images": args.max_images,
+        "model": str(model.source), "scheduler_overrides": overrides, "split": args.split, "max_images": args.max_images,
         "seed": args.seed, "device": args.device, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" if args.device == "cpu" else args.device,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
