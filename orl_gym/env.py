@@ -23,7 +23,7 @@ from gymnasium import spaces
 from orl_gym import ENV_ID, postprocess, sampler
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action
 from orl_gym.data import DataConfig, PairDataset
-from orl_gym.models import LDMSR, load_ldmsr
+from orl_gym.models import LDMSR, ieee_float32, load_ldmsr
 from orl_gym.rewards import RewardConfig, RewardModel, RewardOutput
 
 __all__ = [
@@ -80,7 +80,9 @@ class EnvConfig:
             scored or rendered: ``"none"`` (the paper's sampler), ``"mean_colour"``,
             ``"wavelet"`` (StableSR's colour fix) or ``"back_projection"`` (see
             ``orl_gym.postprocess``).
-        device, dtype: where the model runs and in what precision.
+        device, dtype: where the model runs and in what precision. ``"float32"`` is IEEE float32
+            on CUDA too (TF32 off while the env computes, ``models.ieee_float32``), so a batch
+            of N equals N single envs; ``"float16"`` / ``"bfloat16"`` trade that for speed.
     """
 
     model: Any = "bundled"
@@ -281,6 +283,7 @@ def make_seeded_generators(np_random: np.random.Generator, device: torch.device)
             torch.Generator(device=device).manual_seed(noise_seed))
 
 
+@ieee_float32
 def reset_rows(
     params: EnvParams,
     state: EnvState | None,
@@ -379,6 +382,7 @@ def output_images(params: EnvParams, latents: torch.Tensor, lr: torch.Tensor) ->
     return postprocess.apply_output_fix(params.config.output_fix, sampler.decode(params.model, latents), lr)
 
 
+@ieee_float32
 def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Tensor) -> StepResult:
     """One reverse step for every row; pays the reward of the rows that finish."""
     start = time.perf_counter()
@@ -436,6 +440,7 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
                       final_lr=None if rows is None else state.sampler.lr[rows], final_reward=paid)
 
 
+@ieee_float32
 def render_frame(params: EnvParams, state: EnvState, row: int = 0) -> np.ndarray:
     """(H, 3W, 3) uint8: LR upsampled (bicubic) | decoded x0 prediction (after the output fix) | HR."""
     s = state.sampler
