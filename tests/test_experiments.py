@@ -240,3 +240,44 @@ def test_compare_base_models_scheduler_override_changes_the_sampler_only(preset,
     with pytest.raises(SystemExit, match="unknown keys"):
         module.main(["--models", f"a={model_dir}", f"b={model_dir}", "--scheduler-config",
                      "b:spacing=trailing", *common])
+
+
+def test_assemble_vq_probe_puts_the_probe_vq_beside_the_bundled_unet(tmp_path, monkeypatch):
+    """What run_vq_probe.sh brings back (split stage-1 weights, the stage-1b best decoder) loads as
+    one model: every VQ weight from the probe, the decoder's from stage 1b, the UNet bundled."""
+    import torch
+
+    from orl_gym.models import LDMSRArchitecture, load_ldmsr
+
+    config = {"latent_channels": 3, "vq_channels": [8, 16, 16], "vq_layers_per_block": 1,
+              "codebook_size": 64, "vq_mid_attention": False, "norm_num_groups": 4}
+    torch.manual_seed(0)
+    vq = LDMSRArchitecture(latent_channels=3, vq_channels=(8, 16, 16), num_vq_embeddings=64,
+                           vq_mid_attention=False, norm_num_groups=4).build().vqvae
+    state = vq.state_dict()
+    encoder_side = ("encoder.", "quant_conv.", "quantize.")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "run_config.json").write_text(json.dumps({"config": config}))
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith(encoder_side)}, "step": 7},
+               probe / "vq_encoder.pt")
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith(encoder_side)}, "step": 7},
+               probe / "vq_decoder.pt")
+    best = {k: v + 1.0 for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
+    torch.save({"best": best, "best_val": 20.0, "step": 3}, probe / "decoder_best.pt")
+
+    monkeypatch.setattr("sys.argv", ["assemble_vq_probe.py", str(probe), str(tmp_path / "model")])
+    spec = importlib.util.spec_from_file_location("assemble", ROOT / "experiments" / "gpu" / "assemble_vq_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+
+    model = load_ldmsr(str(tmp_path / "model"))
+    loaded = model.vqvae.state_dict()
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        expected = best.get(key, value)
+        torch.testing.assert_close(loaded[key], expected, msg=key)
+    bundled = load_ldmsr("bundled")
+    for (key, value), other in zip(model.unet.state_dict().items(), bundled.unet.state_dict().values(), strict=True):
+        torch.testing.assert_close(value, other, msg=key)
