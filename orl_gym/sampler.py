@@ -19,6 +19,11 @@ Notation (Song et al. 2020, "Denoising Diffusion Implicit Models", eq. 12), per 
 where ``s`` is the noise scale (1 = DDIM; < 1 a lower-temperature sample). LR-consistency
 guidance moves x0_hat before step 5 (see ``guide_x0``). All functions are pure over
 ``SamplerState`` except that the per-sample ``torch.Generator`` objects advance when they draw.
+
+On CUDA, PyTorch's default lets float32 convolutions run as TF32, and a sample's result then
+depends (~1e-3) on which other samples share its batch; the env calls these functions under
+``models.ieee_float32`` so that a batch equals its samples run alone. Direct callers who need
+that property do the same.
 """
 
 from __future__ import annotations

@@ -13,10 +13,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-experiments/results/gpu}
 mkdir -p "$OUT"
 KIT=$PWD/.gpu_kit
-[ -d "$KIT/wheels" ] || { echo "no $KIT/wheels: run experiments/gpu/prepare_kit.sh first" >&2; exit 2; }
-PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/orl_site "$KIT"/wheels/*.whl || exit 2
-export PYTHONPATH=/tmp/orl_site:$PWD PYTHONUNBUFFERED=1
+source experiments/gpu/device_env.sh "$KIT"
 export ORL_GYM_DATA=$KIT/data ORL_GYM_CACHE=$KIT/cache ORL_GYM_TEST_LPIPS_CACHE=$KIT/cache/lpips
 PART_LIMIT_S=${PART_LIMIT_S:-110}
 part() { timeout --signal=INT --kill-after=10 "$PART_LIMIT_S" "$@"; }

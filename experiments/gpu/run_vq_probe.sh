@@ -13,11 +13,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-experiments/results/gpu_vq_probe}
 mkdir -p "$OUT"
 PROBE=$PWD/.gpu_probe
-[ -d "$PROBE/wheels" ] || { echo "no $PROBE: run experiments/gpu/prepare_vq_probe.sh first" >&2; exit 2; }
-PYTHON=${PYTHON:-python3}
-# NO_WHEELS=1: the Python environment has the dependencies already (a local dry run).
-[ -n "${NO_WHEELS:-}" ] || "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/orl_site "$PROBE"/wheels/*.whl || exit 2
-export PYTHONPATH=/tmp/orl_site:$PWD PYTHONUNBUFFERED=1
+source experiments/gpu/device_env.sh "$PROBE"
 RUN=$(mktemp -d)/vq_probe
 VQ_MINUTES=${VQ_MINUTES:-2.8} DECODER_MINUTES=${DECODER_MINUTES:-0.9}
 "$PYTHON" experiments/train_ldm.py --out "$RUN" --device "${DEVICE:-cuda}" --data "$PROBE/data" --stages vq,decoder \
