@@ -23,7 +23,8 @@ from gymnasium import spaces
 from orl_gym import ENV_ID, postprocess, sampler
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action
 from orl_gym.data import DataConfig, PairDataset
-from orl_gym.models import LDMSR, ieee_float32, load_ldmsr
+from orl_gym.models import LDMSR, load_ldmsr
+from orl_gym.precision import ieee_float32
 from orl_gym.rewards import RewardConfig, RewardModel, RewardOutput
 
 __all__ = [
@@ -81,7 +82,7 @@ class EnvConfig:
             ``"wavelet"`` (StableSR's colour fix) or ``"back_projection"`` (see
             ``orl_gym.postprocess``).
         device, dtype: where the model runs and in what precision. ``"float32"`` is IEEE float32
-            on CUDA too (TF32 off while the env computes, ``models.ieee_float32``), so a batch
+            on CUDA too (TF32 off while the env computes, ``orl_gym.precision``), so a batch
             of N equals N single envs; ``"float16"`` / ``"bfloat16"`` trade that for speed.
     """
 

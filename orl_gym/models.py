@@ -17,13 +17,10 @@ size: the tests use tiny ones, ``experiments/train_ldm.py`` trains the bundled o
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
@@ -34,7 +31,6 @@ __all__ = [
     "LDMSRArchitecture",
     "ModelLoadError",
     "bundled_model_path",
-    "ieee_float32",
     "load_ldmsr",
     "resolve_dtype",
 ]
@@ -77,37 +73,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"dtype: {dtype} needs a CUDA device (got {device}); use float32 on CPU")
     return dtype
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-@contextmanager
-def _ieee_float32_context() -> Iterator[None]:
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def ieee_float32(function: _F) -> _F:
-    """Run ``function``'s float32 CUDA convolutions and matrix products in IEEE float32, not TF32.
-
-    PyTorch lets cuDNN convolutions use TF32 by default (a 10-bit mantissa: relative errors near
-    1e-3), and cuDNN picks kernels by batch shape, so on a GPU the same image came out different
-    by ~1e-3 depending on which other images shared its batch: the batched env did not equal N
-    single envs (seen on an H100). The flags are restored on return; float16 / bfloat16 models
-    are unaffected. On CPU this changes nothing.
-    """
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _ieee_float32_context():
-            return function(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 # Scheduler config keys fixed by the UNet's training: its noise levels and what it predicts.

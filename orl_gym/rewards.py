@@ -94,6 +94,7 @@ from orl_gym.lpips_weights import (
     fetch_weights_main,
     load_lpips_backbone,
 )
+from orl_gym.precision import ieee_float32
 
 __all__ = [
     "FETCH_COMMAND",
@@ -283,6 +284,7 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
     return taps[:, None] * taps[None, :]
 
 
+@ieee_float32  # its Gaussian window is a convolution: batch-invariant on CUDA too
 def ssim(
     sr: Tensor,
     hr: Tensor,
@@ -440,6 +442,7 @@ class LPIPS(torch.nn.Module):
         images = images.float().contiguous(memory_format=torch.channels_last)
         return self.model.scaling_layer(2.0 * images - 1.0)
 
+    @ieee_float32
     def features(self, images: Tensor, *, check_values: bool = True) -> list[Tensor]:
         """Unit-normalized backbone features of ``images`` in [0, 1], one tensor per layer."""
         check_image_batch("images", images)
@@ -447,6 +450,7 @@ class LPIPS(torch.nn.Module):
             check_image_values({"images": images})
         return [self._normalize_tensor(out) for out in self.model.net(self._scaled(images))]
 
+    @ieee_float32
     def distance(self, features_a: Sequence[Tensor], features_b: Sequence[Tensor]) -> Tensor:
         """LPIPS ``(B,)`` between two outputs of :meth:`features` (the lpips v0.1 head)."""
         total = 0

@@ -22,7 +22,7 @@ guidance moves x0_hat before step 5 (see ``guide_x0``). All functions are pure o
 
 On CUDA, PyTorch's default lets float32 convolutions run as TF32, and a sample's result then
 depends (~1e-3) on which other samples share its batch; the env calls these functions under
-``models.ieee_float32`` so that a batch equals its samples run alone. Direct callers who need
+``precision.ieee_float32`` so that a batch equals its samples run alone. Direct callers who need
 that property do the same.
 """
 

@@ -14,7 +14,6 @@ import torch
 from orl_gym.models import (
     LDMSRArchitecture,
     ModelLoadError,
-    ieee_float32,
     load_ldmsr,
     resolve_dtype,
 )
@@ -123,24 +122,3 @@ def test_hub_id_code_path_loads_from_the_hub_cache_offline(tiny_model, tmp_path)
     assert missing.returncode != 0
     assert "ModelLoadError" in missing.stderr and "someone/not-cached" in missing.stderr
 
-
-def test_ieee_float32_turns_tf32_off_inside_and_restores_the_flags():
-    seen = []
-
-    @ieee_float32
-    def work(fail: bool):
-        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
-        if fail:
-            raise RuntimeError("inside")
-        return "result"
-
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        assert work(False) == "result"
-        with pytest.raises(RuntimeError, match="inside"):
-            work(True)
-        assert seen == [(False, False), (False, False)]
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
