@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
+import gymnasium as gym
 import pytest
 import torch
 
+import orl_gym
+from orl_gym import rewards
 from orl_gym.precision import ieee_float32
 
 
@@ -33,13 +38,6 @@ def test_ieee_float32_turns_tf32_off_inside_and_restores_the_flags():
 def test_the_env_runs_its_unet_and_decoder_and_ssim_with_tf32_off(tiny_model, image_folder, monkeypatch):
     """Where the batched == sequential contract needs it: every UNet and VQ-decoder forward of
     reset, step and render, and the reward's SSIM, see the flags off (the CPU sees the flags too)."""
-    import copy
-
-    import gymnasium as gym
-
-    import orl_gym
-    from orl_gym import rewards
-
     model = copy.deepcopy(tiny_model)
     seen: list[tuple[str, bool, bool]] = []
 
@@ -53,6 +51,7 @@ def test_the_env_runs_its_unet_and_decoder_and_ssim_with_tf32_off(tiny_model, im
     env = gym.make(orl_gym.ENV_ID, model=model, data=str(image_folder), hr_size=32, num_inference_steps=3,
                    reward={"lpips_net": None, "lpips_weight": 0.0}, render_mode="rgb_array")
     seen.clear()  # gym.make ran the networks once to count the guidance step's FLOPs
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     try:
         env.reset(seed=0)
@@ -63,7 +62,7 @@ def test_the_env_runs_its_unet_and_decoder_and_ssim_with_tf32_off(tiny_model, im
         env.render()
         flags_after = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
     names = {name for name, *_ in seen}
     assert {"unet", "decoder", "ssim"} <= names
     assert all(not cudnn and not matmul for _, cudnn, matmul in seen), seen
