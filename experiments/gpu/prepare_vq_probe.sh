@@ -27,13 +27,12 @@ for image in sorted(p for p in data.glob("*/*/*") if p.is_file()):
     identity = image.relative_to(data)
     key = (identity.parts[0], assign_split(str(identity)))
     share = KEEP.get(key, 0.0)
-    count = taken.get(key, 0)
     index = int(identity.stem[-2:]) if identity.parts[0] == "ucmerced" else 0
     # UC Merced: every class keeps the same share (file ids 00-49, evenly spaced).
     if share == 1.0 or (share and index % round(1 / share) == 0):
         (target / identity).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(image, target / identity)
-        taken[key] = count + 1
+        taken[key] = taken.get(key, 0) + 1
 print({f"{d}/{s}": n for (d, s), n in sorted(taken.items())})
 PY
 du -sh .gpu_probe .gpu_probe/*

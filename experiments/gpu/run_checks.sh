@@ -29,7 +29,7 @@ part "$PYTHON" experiments/bench_rewards.py --device cuda --malloc inherit --rep
 part "$PYTHON" experiments/bench_env.py --device cuda --num-envs 1 8 64 256 \
     --out "$OUT/bench_env_cuda.md" 2>&1 | tee "$OUT/bench_env.log" || status=1
 # The training entry points on CUDA, a few steps each on the kit's images (does --device cuda
-# work end to end: data on the device, checkpoints, export, PPO with the batched env).
+# work end to end: training steps on the GPU, checkpoints, export, PPO with the batched env).
 SMOKE=$(mktemp -d)
 { part "$PYTHON" experiments/train_ldm.py --out "$SMOKE/ldm" --device cuda --data "$ORL_GYM_DATA" \
       --stages vq,decoder,unet --vq-steps 40 --decoder-steps 20 --unet-steps 40 --decoder-crop 64 \
