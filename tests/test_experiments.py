@@ -242,7 +242,7 @@ def test_compare_base_models_scheduler_override_changes_the_sampler_only(preset,
                      "b:spacing=trailing", *common])
 
 
-def test_assemble_vq_probe_puts_the_probe_vq_beside_the_bundled_unet(tmp_path, monkeypatch):
+def test_assemble_vq_probe_puts_the_probe_vq_beside_the_bundled_unet(tmp_path):
     """What run_vq_probe.sh brings back (split stage-1 weights, the stage-1b best decoder) loads as
     one model: every VQ weight from the probe, the decoder's from stage 1b, the UNet bundled."""
     import torch
@@ -266,11 +266,7 @@ def test_assemble_vq_probe_puts_the_probe_vq_beside_the_bundled_unet(tmp_path, m
     best = {k: v + 1.0 for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
     torch.save({"best": best, "best_val": 20.0, "step": 3}, probe / "decoder_best.pt")
 
-    monkeypatch.setattr("sys.argv", ["assemble_vq_probe.py", str(probe), str(tmp_path / "model")])
-    spec = importlib.util.spec_from_file_location("assemble", ROOT / "experiments" / "gpu" / "assemble_vq_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main()
+    _script("gpu/assemble_vq_probe").main([str(probe), str(tmp_path / "model")])
 
     model = load_ldmsr(str(tmp_path / "model"))
     loaded = model.vqvae.state_dict()

@@ -20,11 +20,11 @@ import torch
 from orl_gym.models import LDMSRArchitecture, bundled_model_path
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("probe_out", type=Path, help="the folder run_vq_probe.sh wrote ($OUT)")
     parser.add_argument("model_dir", type=Path, help="model folder to write (replaced)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = json.loads((args.probe_out / "run_config.json").read_text())["config"]
     # These files were written by our own probe run; weights_only=False is needed for the
     # history lists and generator state saved beside the weights.

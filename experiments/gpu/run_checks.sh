@@ -10,10 +10,8 @@
 # time limit (PART_LIMIT_S, seconds), so the whole call stays under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-experiments/results/gpu}
-mkdir -p "$OUT"
 KIT=$PWD/.gpu_kit
-source experiments/gpu/device_env.sh "$KIT"
+source experiments/gpu/device_env.sh "$KIT" experiments/results/gpu
 export ORL_GYM_DATA=$KIT/data ORL_GYM_CACHE=$KIT/cache ORL_GYM_TEST_LPIPS_CACHE=$KIT/cache/lpips
 PART_LIMIT_S=${PART_LIMIT_S:-110}
 part() { timeout --signal=INT --kill-after=10 "$PART_LIMIT_S" "$@"; }

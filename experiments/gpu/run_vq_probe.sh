@@ -10,10 +10,8 @@
 # vq_encoder.pt / vq_decoder.pt (stage 1, split in two) and decoder_best.pt (stage 1b).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-experiments/results/gpu_vq_probe}
-mkdir -p "$OUT"
 PROBE=$PWD/.gpu_probe
-source experiments/gpu/device_env.sh "$PROBE"
+source experiments/gpu/device_env.sh "$PROBE" experiments/results/gpu_vq_probe
 RUN=$(mktemp -d)/vq_probe
 VQ_MINUTES=${VQ_MINUTES:-2.8} DECODER_MINUTES=${DECODER_MINUTES:-0.9}
 "$PYTHON" experiments/train_ldm.py --out "$RUN" --device "${DEVICE:-cuda}" --data "$PROBE/data" --stages vq,decoder \
