@@ -3,7 +3,11 @@
 # for a few minutes, to see whether the autoencoder's width is what holds AID's reconstruction
 # under #6's 28 dB. Returns the weights without optimizer state, in files under 16 MiB each.
 #
-#   bash experiments/gpu/run_vq_probe.sh     # in the checkout, with .gpu_probe/ beside it
+#   bash experiments/gpu/run_vq_probe.sh [TRAIN_LDM_ARGS...]   # in the checkout, with .gpu_probe/ in it
+#
+# Extra arguments go to train_ldm.py after the probe's own and so override them (for example
+# --vq-batch-size 256 --max-minutes 8.5: a wall-time cap that stops training with its checkpoint
+# saved, so the weights still come back when the device call's limit is near).
 #
 # .gpu_probe/ comes from experiments/gpu/prepare_vq_probe.sh. Output in $OUT (else
 # experiments/results/gpu_vq_probe/): train.log, the run's commands.log and run_config.json,
@@ -18,7 +22,7 @@ VQ_MINUTES=${VQ_MINUTES:-2.8} DECODER_MINUTES=${DECODER_MINUTES:-0.9}
     --vq-channels 64,128,128 --vq-layers-per-block 2 --vq-mid-attention --unet-mid-attention \
     --codebook-size 8192 --vq-batch-size 64 --vq-crop 64 --vq-lr 1e-3 --vq-steps 1000000 \
     --vq-minutes "$VQ_MINUTES" --decoder-steps 1000000 --decoder-minutes "$DECODER_MINUTES" \
-    --decoder-batch-size 16 --val-every 500 --val-images 64 --no-export --no-progress \
+    --decoder-batch-size 16 --val-every 500 --val-images 64 --no-export --no-progress "$@" \
     2>&1 | tee "$OUT/train.log"
 status=$?
 cp "$RUN"/commands.log "$RUN"/run_config.json "$OUT"/ 2>/dev/null
