@@ -277,3 +277,51 @@ def test_assemble_vq_probe_puts_the_probe_vq_beside_the_bundled_unet(tmp_path):
     bundled = load_ldmsr("bundled")
     for (key, value), other in zip(model.unet.state_dict().items(), bundled.unet.state_dict().values(), strict=True):
         torch.testing.assert_close(value, other, msg=key)
+
+
+def test_diagnose_colour_offset_decodes_the_pipelines_own_sample(preset, data_root, tmp_path):
+    module = _script("diagnose_colour_offset")
+    model_dir = yaml.safe_load(preset.read_text())["model"]
+    out = tmp_path / "colour.md"
+    assert module.main(["--model", model_dir, "--datasets", str(data_root / "ucmerced"), "--max-images", "2",
+                        "--steps", "2", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    # The captured latents are the pipeline's: they decode to its output exactly.
+    assert "captured sample vs pipeline output: max difference 0.0e+00" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(module.ROWS.values()) <= set(rows)
+    psnr = {label: float(rows[label].split("|")[2]) for label in module.ROWS.values()}
+    assert psnr[module.ROWS["vq"]] != psnr[module.ROWS["sample"]]
+
+
+def test_colour_offset_swaps_take_exactly_the_named_part():
+    import torch
+
+    module = _script("diagnose_colour_offset")
+    generator = torch.Generator().manual_seed(0)
+    sample, true = torch.randn(2, 3, 8, 12, generator=generator), torch.randn(2, 3, 8, 12, generator=generator)
+    swapped = module.variants(sample, true)
+    pooled = torch.nn.functional.avg_pool2d
+    # The low frequencies come from the true latent, the detail within each block from the sample.
+    assert torch.allclose(pooled(swapped["sample_true_low4"], 4), pooled(true, 4), atol=1e-6)
+    assert torch.allclose(swapped["sample_true_low4"] - module.block_means(swapped["sample_true_low4"], 4),
+                          sample - module.block_means(sample, 4), atol=1e-6)
+    assert torch.allclose(pooled(swapped["true_sample_low4"], 4), pooled(sample, 4), atol=1e-6)
+    assert torch.allclose(swapped["sample_true_mean"].mean(dim=(2, 3)), true.mean(dim=(2, 3)), atol=1e-6)
+    assert not torch.allclose(swapped["sample_true_low2"], swapped["sample_true_low4"])
+    # The same latent on both sides: every variant is that latent.
+    for latents in module.variants(true, true).values():
+        assert torch.allclose(latents, true, atol=1e-6)
+
+
+def test_decode_capture_records_and_restores(tiny_model):
+    import torch
+
+    module = _script("diagnose_colour_offset")
+    vqvae = tiny_model.vqvae
+    latents = torch.randn(1, tiny_model.latent_channels, 4, 4)
+    with module.captured_decode_input(vqvae) as seen:
+        inside = vqvae.decode(latents).sample
+    assert len(seen) == 1 and torch.equal(seen[0], latents)
+    assert "decode" not in vars(vqvae)  # the class's own method again
+    assert torch.equal(vqvae.decode(latents).sample, inside)

@@ -1,0 +1,188 @@
+"""Where the LDM's colour cast comes from: the sampled latent's coarse content, its fine content, or the decode.
+
+    ORL_GYM_DATA=../shared/data python experiments/diagnose_colour_offset.py --max-images 32 --threads 2
+
+The bundled model's samples are off in mean colour by 4-5 levels (8-bit) where its VQ
+reconstructions are not (the model card's "colour offset" column). This script takes the
+pipeline's own DDIM sample (``LDMSuperResolutionPipeline``, its latents captured as it decodes
+them) and decodes variants of it, each swapping one part of the sample for the ground truth's
+latent (the VQ encoder's output for the HR image):
+
+- the sample with the true latent's per-image mean, or its 2x2 / 4x4 block means (the latent's
+  low frequencies) in place of the sample's;
+- the true latent with the sample's 4x4 block means (the reverse swap);
+- the sample decoded without quantization.
+
+If a swap of the low frequencies removes the cast, the UNet's coarse prediction is what is off
+(a loss on it could fix it); if not, the cast comes from how the decoder renders the sample's fine
+structure. Writes a Markdown table per dataset (PSNR, colour offset, signed offset per channel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from orl_gym.data import DataConfig, PairDataset
+from orl_gym.io import machine_description, rerun_command, write_report
+from orl_gym.models import load_ldmsr
+from orl_gym.rewards import psnr
+from orl_gym.sampler import vq_decode
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = {
+    "bicubic": "bicubic x4 (reference)",
+    "vq": "true latent (VQ reconstruction)",
+    "sample": "sample, as the pipeline decodes it",
+    "sample_continuous": "sample, decoded without quantization",
+    "sample_true_mean": "sample with the true latent's per-image mean",
+    "sample_true_low2": "sample with the true latent's 2x2 block means",
+    "sample_true_low4": "sample with the true latent's 4x4 block means",
+    "true_sample_low4": "true latent with the sample's 4x4 block means",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="bundled", help="'bundled', a checkpoint folder or a hub id")
+    p.add_argument("--datasets", default="ucmerced,aid150", help="comma list of datasets under $ORL_GYM_DATA")
+    p.add_argument("--split", default="validation", choices=("train", "validation", "test"))
+    p.add_argument("--max-images", type=int, default=32, help="images per dataset, evenly spread (0: all)")
+    p.add_argument("--steps", type=int, default=100, help="DDIM steps of the pipeline's sample")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the pipeline's sample")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "diagnose_colour_offset.md")
+    return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def captured_decode_input(vqvae: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record the latents the pipeline hands to ``vqvae.decode`` (it does not return them)."""
+    seen: list[torch.Tensor] = []
+    original = vqvae.decode
+
+    def recording(latents, *args, **kwargs):
+        seen.append(latents.detach().clone())
+        return original(latents, *args, **kwargs)
+
+    vqvae.decode = recording
+    try:
+        yield seen
+    finally:
+        del vqvae.decode  # the instance attribute; the class's method shows again
+
+
+def block_means(latents: torch.Tensor, size: int) -> torch.Tensor:
+    """Each ``size`` x ``size`` block replaced by its mean (the latent's low frequencies)."""
+    return F.interpolate(F.avg_pool2d(latents, size), scale_factor=size, mode="nearest")
+
+
+def variants(sample: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The latents to decode: the sample with one part of it taken from the true latent."""
+    return {
+        "vq": true,
+        "sample": sample,
+        "sample_true_mean": sample - sample.mean(dim=(2, 3), keepdim=True) + true.mean(dim=(2, 3), keepdim=True),
+        "sample_true_low2": sample - block_means(sample, 2) + block_means(true, 2),
+        "sample_true_low4": sample - block_means(sample, 4) + block_means(true, 4),
+        "true_sample_low4": true - block_means(true, 4) + block_means(sample, 4),
+    }
+
+
+def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
+    ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
+                                full_multiple=model.hr_multiple))
+    count = len(ds) if args.max_images <= 0 else min(args.max_images, len(ds))
+    indices = torch.linspace(0, len(ds) - 1, count).round().long().unique()
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index in indices.tolist():
+        groups[ds.full_crop_shape(index)].append(index)
+    scores: dict[str, dict[str, list]] = {row: defaultdict(list) for row in ROWS}
+    largest_pipeline_difference = 0.0
+    with torch.no_grad():
+        for group in tqdm(groups.values(), desc=name, unit="shape"):
+            for chunk in torch.tensor(group).split(args.batch_size):
+                batch = ds.pairs(chunk)
+                hr, lr = batch.hr, batch.lr
+                generator = torch.Generator().manual_seed(args.seed)
+                torch.manual_seed(args.seed)
+                with captured_decode_input(model.vqvae) as seen:
+                    images = pipe(lr * 2 - 1, num_inference_steps=args.steps, eta=args.eta,
+                                  generator=generator, output_type="pt").images
+                sample = seen[-1]
+                true = model.vqvae.encode(hr * 2 - 1).latents
+                outputs = {"bicubic": F.interpolate(lr, size=hr.shape[-2:], mode="bicubic",
+                                                    align_corners=False).clamp(0, 1)}
+                for row, latents in variants(sample, true).items():
+                    outputs[row] = (vq_decode(model, latents).clamp(-1, 1) + 1) / 2
+                outputs["sample_continuous"] = (
+                    model.vqvae.decode(sample, force_not_quantize=True).sample.clamp(-1, 1) + 1) / 2
+                # The captured latents decode to exactly what the pipeline returned.
+                largest_pipeline_difference = max(
+                    largest_pipeline_difference, float((outputs["sample"] - images.float()).abs().max()))
+                for row, image in outputs.items():
+                    signed = ((image - hr).mean(dim=(2, 3)) * 255)
+                    scores[row]["psnr"] += psnr(image, hr, check_values=False).tolist()
+                    scores[row]["offset"] += signed.abs().mean(1).tolist()
+                    scores[row]["signed"] += signed.tolist()
+    if largest_pipeline_difference > 1e-4:
+        raise RuntimeError(f"{name}: the captured latents decode to images {largest_pipeline_difference:.2e} "
+                           "away from the pipeline's output; the capture does not see what the pipeline decodes")
+    return {"images": len(indices), "shapes": sorted(groups), "scores": scores,
+            "pipeline_difference": largest_pipeline_difference}
+
+
+def report(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "# Where the LDM's colour cast comes from",
+        "",
+        f"Command: `{rerun_command(__file__)}`  ",
+        f"Machine: {machine_description()}",
+        "",
+        f"Model `{args.model}`; `{args.split}` split, whole images; the pipeline's sampler, DDIM "
+        f"{args.steps} steps, eta {args.eta:g}, seed {args.seed}. True latent: the VQ encoder's output "
+        "for the HR image. Block means: each latent block replaced by its mean (nearest-upsampled), "
+        "i.e. the latent's low frequencies. Every latent is decoded as the pipeline decodes "
+        "(quantized) unless the row says otherwise. Colour offset: |mean(SR - HR)| per channel, "
+        "averaged over RGB, in 8-bit levels; signed: mean(SR - HR) per channel, averaged over images.",
+        "",
+    ]
+    for name, result in results.items():
+        lines += [f"**{name}** ({result['images']} images, HR {', '.join(f'{h}x{w}' for h, w in result['shapes'])}; "
+                  f"captured sample vs pipeline output: max difference {result['pipeline_difference']:.1e})", "",
+                  "| decoded | PSNR (dB) | colour offset | signed offset R / G / B |", "|---|---:|---:|---|"]
+        for row, label in ROWS.items():
+            s = result["scores"][row]
+            signed = torch.tensor(s["signed"]).mean(0).tolist()
+            lines.append(f"| {label} | {sum(s['psnr']) / len(s['psnr']):.2f} | "
+                         f"{sum(s['offset']) / len(s['offset']):.2f} | "
+                         f"{' / '.join(f'{v:+.2f}' for v in signed)} |")
+        lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_ldmsr(args.model)
+    pipe = model.to_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    results = {name.strip(): measure(model, pipe, name.strip(), args)
+               for name in args.datasets.split(",") if name.strip()}
+    write_report(args.out, report(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
