@@ -1346,7 +1346,8 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
 
 
 def init_run_from(cfg: TrainConfig) -> None:
-    """Copy the source run's checkpoints of --init-stages and its commands.log into a new run.
+    """Copy the source run's checkpoints of --init-stages, its commands.log and card_notes.md
+    into a new run.
 
     Repeating the command (to resume) copies nothing again; a run folder that already holds
     checkpoints from elsewhere is refused rather than overwritten.
@@ -1377,8 +1378,10 @@ def init_run_from(cfg: TrainConfig) -> None:
             shutil.copy2(source / name, tmp)
             os.replace(tmp, out / name)
             print(f"init: copied {source / name}", file=sys.stderr)
-    if (source / "commands.log").exists():
-        atomic_write_text((source / "commands.log").read_text(), out / "commands.log")
+    # The lineage goes with the weights: the source's invocations and its remarks for the card.
+    for name in ("commands.log", "card_notes.md"):
+        if (source / name).exists():
+            atomic_write_text((source / name).read_text(), out / name)
     atomic_write_text(json.dumps(record, indent=2) + "\n", record_path)
 
 

@@ -152,6 +152,7 @@ def test_decoder_stage_keeps_latents_and_exports_best_weights(train_ldm, synthet
 def test_init_from_trains_a_new_unet_on_another_runs_autoencoder(train_ldm, synthetic_data, tmp_path):
     source = tmp_path / "source"
     assert train_ldm.main(_args(source, synthetic_data, 3, 2, "--vq-mid-attention", "--no-export")) == 0
+    (source / "card_notes.md").write_text("The VQ stage was interrupted once.\n")
     common = ["--data", str(synthetic_data), "--threads", "1", "--no-progress", "--unet-batch-size", "4",
               "--unet-crop", "32", "--val-images", "2", "--val-crop", "32", "--unet-warmup", "1",
               "--checkpoint-every", "100", "--val-every", "100"]
@@ -176,6 +177,7 @@ def test_init_from_trains_a_new_unet_on_another_runs_autoencoder(train_ldm, synt
     assert lines[:-1] == source_lines and "--init-from" in lines[-1]
     card = (wide / "export" / "README.md").read_text()
     assert source_lines[0].split(" ", 1)[1] in card and "--init-from" in card
+    assert "The VQ stage was interrupted once." in card  # the source's remarks came along
     assert list(load_ldmsr(wide / "export").unet.config.block_out_channels) == [32, 32, 64]
 
     # The same command again resumes the run; nothing is copied again.
