@@ -25,6 +25,7 @@ from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_para
 from orl_gym.data import paper_category
 from orl_gym.env import EnvConfig, build_params
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
+from orl_gym.precision import ieee_float32
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 __all__ = [
@@ -240,7 +241,9 @@ def evaluate_upsampler(
 
     ``upsample`` maps ``(B, 3, h, w)`` in [0, 1] to ``(B, 3, scale*h, scale*w)`` in [0, 1]. The
     rows carry ``unet_calls = 0`` and ``reward = NaN``: the env's reward prices UNet calls, which
-    a non-diffusion model does not make, so its reward would not be comparable.
+    a non-diffusion model does not make, so its reward would not be comparable. On CUDA it runs in
+    IEEE float32 like the env (:mod:`orl_gym.precision`), so its scores, too, do not depend on
+    which images share a batch.
     """
     params = build_params(EnvConfig.from_kwargs(**_evaluation_kwargs(env_kwargs, split, categories, max_images)))
     pool = [int(i) for i in params.image_pool]
@@ -255,7 +258,7 @@ def evaluate_upsampler(
         hr, lr = pairs.hr.to(params.device), pairs.lr.to(params.device)
         began = time.perf_counter()
         with torch.no_grad():
-            sr = upsample(lr)
+            sr = ieee_float32(upsample)(lr)
         seconds = (time.perf_counter() - began) / len(indices)
         if sr.shape != hr.shape:
             raise ValueError(f"{name}: the upsampler returned {tuple(sr.shape)} for LR {tuple(lr.shape)}; "

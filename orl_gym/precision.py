@@ -3,9 +3,10 @@
 PyTorch lets cuDNN convolutions run float32 as TF32 by default (a 10-bit mantissa: relative
 errors near 1e-3), and cuDNN picks kernels by batch shape, so on a GPU the same image came out
 different by ~1e-3 depending on which other images shared its batch (seen on an H100: the batched
-env did not equal N single envs). The env's batched functions and the reward metrics that
-convolve (SSIM's window, LPIPS's backbone) run under :func:`ieee_float32`. On CPU, and for
-float16 / bfloat16 models, it changes nothing.
+env did not equal N single envs). The env's batched functions, the reward metrics that
+convolve (SSIM's window, LPIPS's backbone) and the one-shot peers that evaluation scores beside
+the env (``evaluation.evaluate_upsampler``, e.g. Real-ESRGAN) run under :func:`ieee_float32`.
+On CPU, and for float16 / bfloat16 models, it changes nothing.
 """
 
 from __future__ import annotations

@@ -131,3 +131,24 @@ def test_training_curves_of_several_runs(tmp_path):
         (run / "validation.csv").write_text(f"timesteps,reward\n100,{offset}\n600,{offset + 0.3}\n")
     path = plot_training_curves({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_upsampler_runs_with_tf32_off_like_the_env(env_kwargs):
+    import torch
+
+    from orl_gym.rewards import bicubic_upsample
+
+    seen = []
+
+    def upsample(lr):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return bicubic_upsample(lr, (lr.shape[-2] * 4, lr.shape[-1] * 4))
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        evaluate_upsampler("bicubic", upsample, env_kwargs, split="train", max_images=2, progress=False)
+        assert seen and set(seen) == {(False, False)}
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
