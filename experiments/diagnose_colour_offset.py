@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,17 @@ from orl_gym.rewards import psnr
 from orl_gym.sampler import vq_decode
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _eval_base_model():
+    # The card's evaluation script: the same choice of images and batching by shape.
+    spec = importlib.util.spec_from_file_location("eval_base_model", REPO / "experiments" / "eval_base_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EVAL = _eval_base_model()
 ROWS = {
     "bicubic": "bicubic x4 (reference)",
     "vq": "true latent (VQ reconstruction)",
@@ -102,16 +114,13 @@ def variants(sample: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor
 def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
     ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
                                 full_multiple=model.hr_multiple))
-    count = len(ds) if args.max_images <= 0 else min(args.max_images, len(ds))
-    indices = torch.linspace(0, len(ds) - 1, count).round().long().unique()
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index in indices.tolist():
-        groups[ds.full_crop_shape(index)].append(index)
+    indices = EVAL.pick_indices(ds, args.max_images)
+    groups = EVAL.group_by_shape(ds, indices)
     scores: dict[str, dict[str, list]] = {row: defaultdict(list) for row in ROWS}
     largest_pipeline_difference = 0.0
     with torch.no_grad():
-        for group in tqdm(groups.values(), desc=name, unit="shape"):
-            for chunk in torch.tensor(group).split(args.batch_size):
+        for group in tqdm(groups, desc=name, unit="shape"):
+            for chunk in group.split(args.batch_size):
                 batch = ds.pairs(chunk)
                 hr, lr = batch.hr, batch.lr
                 generator = torch.Generator().manual_seed(args.seed)
@@ -138,7 +147,7 @@ def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
     if largest_pipeline_difference > 1e-4:
         raise RuntimeError(f"{name}: the captured latents decode to images {largest_pipeline_difference:.2e} "
                            "away from the pipeline's output; the capture does not see what the pipeline decodes")
-    return {"images": len(indices), "shapes": sorted(groups), "scores": scores,
+    return {"images": len(indices), "shapes": sorted(ds.full_crop_shape(int(g[0])) for g in groups), "scores": scores,
             "pipeline_difference": largest_pipeline_difference}
 
 
