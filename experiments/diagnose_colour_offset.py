@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,15 +39,6 @@ from orl_gym.sampler import vq_decode
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _eval_base_model():
-    # The card's evaluation script: the same choice of images and batching by shape.
-    spec = importlib.util.spec_from_file_location("eval_base_model", REPO / "experiments" / "eval_base_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EVAL = _eval_base_model()
 ROWS = {
     "bicubic": "bicubic x4 (reference)",
     "vq": "true latent (VQ reconstruction)",
@@ -114,17 +104,17 @@ def variants(sample: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor
 def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
     ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
                                 full_multiple=model.hr_multiple))
-    indices = EVAL.pick_indices(ds, args.max_images)
-    groups = EVAL.group_by_shape(ds, indices)
+    indices = ds.spread_indices(args.max_images)
+    groups = ds.indices_by_shape(indices)
     scores: dict[str, dict[str, list]] = {row: defaultdict(list) for row in ROWS}
     largest_pipeline_difference = 0.0
     with torch.no_grad():
-        for group in tqdm(groups, desc=name, unit="shape"):
+        for group in tqdm(groups.values(), desc=name, unit="shape"):
             for chunk in group.split(args.batch_size):
                 batch = ds.pairs(chunk)
                 hr, lr = batch.hr, batch.lr
                 generator = torch.Generator().manual_seed(args.seed)
-                torch.manual_seed(args.seed)
+                torch.manual_seed(args.seed)  # the pipeline draws eta > 0 noise from the global RNG
                 with captured_decode_input(model.vqvae) as seen:
                     images = pipe(lr * 2 - 1, num_inference_steps=args.steps, eta=args.eta,
                                   generator=generator, output_type="pt").images
@@ -142,12 +132,11 @@ def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
                 for row, image in outputs.items():
                     signed = ((image - hr).mean(dim=(2, 3)) * 255)
                     scores[row]["psnr"] += psnr(image, hr, check_values=False).tolist()
-                    scores[row]["offset"] += signed.abs().mean(1).tolist()
                     scores[row]["signed"] += signed.tolist()
     if largest_pipeline_difference > 1e-4:
         raise RuntimeError(f"{name}: the captured latents decode to images {largest_pipeline_difference:.2e} "
                            "away from the pipeline's output; the capture does not see what the pipeline decodes")
-    return {"images": len(indices), "shapes": sorted(ds.full_crop_shape(int(g[0])) for g in groups), "scores": scores,
+    return {"images": len(indices), "shapes": sorted(groups), "scores": scores,
             "pipeline_difference": largest_pipeline_difference}
 
 
@@ -172,10 +161,10 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
                   "| decoded | PSNR (dB) | colour offset | signed offset R / G / B |", "|---|---:|---:|---|"]
         for row, label in ROWS.items():
             s = result["scores"][row]
-            signed = torch.tensor(s["signed"]).mean(0).tolist()
+            per_image = torch.tensor(s["signed"])  # (images, RGB) mean(SR - HR) in levels
             lines.append(f"| {label} | {sum(s['psnr']) / len(s['psnr']):.2f} | "
-                         f"{sum(s['offset']) / len(s['offset']):.2f} | "
-                         f"{' / '.join(f'{v:+.2f}' for v in signed)} |")
+                         f"{per_image.abs().mean():.2f} | "
+                         f"{' / '.join(f'{v:+.2f}' for v in per_image.mean(0).tolist())} |")
         lines.append("")
     return lines
 

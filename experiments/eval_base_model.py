@@ -109,21 +109,6 @@ def make_lpips(device: str, disabled: bool) -> tuple[object | None, str]:
         return None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
 
 
-def pick_indices(ds: PairDataset, max_images: int) -> torch.Tensor:
-    """Evenly spread image indices (the dataset is ordered by class, so this covers classes)."""
-    if max_images <= 0 or max_images >= len(ds):
-        return torch.arange(len(ds))
-    return torch.linspace(0, len(ds) - 1, max_images).round().long().unique()
-
-
-def group_by_shape(ds: PairDataset, indices: torch.Tensor) -> list[torch.Tensor]:
-    """Indices grouped by their ``crop="full"`` HR shape: one batch shape each."""
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index in indices.tolist():
-        groups[ds.full_crop_shape(index)].append(index)
-    return [torch.tensor(g) for g in groups.values()]
-
-
 def parse_scheduler_config(items: list[str]) -> dict:
     """``["timestep_spacing=trailing", "steps_offset=1"]`` -> {"timestep_spacing": "trailing",
     "steps_offset": 1}: values are JSON where they parse (numbers, true / false, null)."""
@@ -165,11 +150,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
                                     full_multiple=model.hr_multiple))
-        indices = pick_indices(ds, args.max_images)
+        indices = ds.spread_indices(args.max_images)
         scores: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in methods}
         seconds: dict[str, float] = defaultdict(float)
         shapes = set()
-        for group in group_by_shape(ds, indices):
+        for group in ds.indices_by_shape(indices).values():
             for chunk in group.split(args.batch_size):
                 batch = ds.pairs(chunk).to(args.device)
                 hr, lr = batch.hr, batch.lr

@@ -108,11 +108,8 @@ def best_under_rate(tiles: np.ndarray, codec: str, bits_per_pixel: float) -> tup
 def measure(model, name: str, args: argparse.Namespace) -> dict:
     ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
                                 full_multiple=model.hr_multiple))
-    count = len(ds) if args.max_images <= 0 else min(args.max_images, len(ds))
-    indices = torch.linspace(0, len(ds) - 1, count).round().long().unique()
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index in indices.tolist():
-        groups[ds.full_crop_shape(index)].append(index)
+    indices = ds.spread_indices(args.max_images)
+    groups = ds.indices_by_shape(indices)
     codebook_size = model.vqvae.quantize.embedding.weight.shape[0]
     fixed_rate = math.log2(codebook_size) / model.scale_factor ** 2
     histogram = torch.zeros(codebook_size, dtype=torch.long)
@@ -122,7 +119,7 @@ def measure(model, name: str, args: argparse.Namespace) -> dict:
     shapes = set()
     with torch.no_grad():
         for shape, group in tqdm(groups.items(), desc=name, unit="shape"):
-            for chunk in torch.tensor(group).split(TILES_PER_SIDE ** 2):
+            for chunk in group.split(TILES_PER_SIDE ** 2):
                 hr = ds.pairs(chunk).hr
                 shapes.add(shape)
                 latents = model.vqvae.encode(hr * 2 - 1).latents

@@ -1122,20 +1122,36 @@ class PairDataset:
         height, width = self.image_sizes[index].tolist()
         return height // multiple * multiple, width // multiple * multiple
 
-    def indices_by_shape(self) -> dict[tuple[int, int], torch.Tensor]:
+    def indices_by_shape(
+        self, indices: torch.Tensor | None = None
+    ) -> dict[tuple[int, int], torch.Tensor]:
         """Image indices grouped by their ``crop="full"`` HR shape (H, W), largest group first.
 
         ``crop="full"`` batches must hold one shape; batch each group separately.
+
+        Args:
+            indices: Group only these images (1-D, ascending stays ascending within a group);
+                None: every image.
         """
+        if indices is None:
+            indices = torch.arange(len(self))
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
         multiple = self.config.full_crop_multiple
-        shapes = self.image_sizes // multiple * multiple
+        shapes = self.image_sizes[indices] // multiple * multiple
         unique, inverse, counts = torch.unique(
             shapes, dim=0, return_inverse=True, return_counts=True
         )
         order = sorted(
             range(len(unique)), key=lambda i: (-int(counts[i]), tuple(unique[i].tolist()))
         )
-        return {tuple(unique[i].tolist()): torch.nonzero(inverse == i).flatten() for i in order}
+        return {tuple(unique[i].tolist()): indices[inverse == i] for i in order}
+
+    def spread_indices(self, count: int) -> torch.Tensor:
+        """``count`` image indices evenly spread over the dataset (ascending; images are ordered
+        by class, so every class is covered); ``count <= 0`` or ``>= len``: every image."""
+        if count <= 0 or count >= len(self):
+            return torch.arange(len(self))
+        return torch.linspace(0, len(self) - 1, count).round().long().unique()
 
     # ---------------------------------------------------------------- pairs
 

@@ -606,3 +606,20 @@ def test_full_crop_to_a_model_multiple(fixture_root):
         DataConfig(crop="full", full_multiple=6)
     with pytest.raises(ValueError, match="at most hr_size=32"):
         DataConfig(crop="full", hr_size=32, full_multiple=48)
+
+
+def test_spread_indices_and_grouping_a_subset_by_shape(fixture_root):
+    full = _load_quietly(
+        DataConfig(source=str(fixture_root), crop="full", split_fractions=ALL_TRAIN, **SMALL)
+    )
+    assert torch.equal(full.spread_indices(0), torch.arange(len(full)))
+    assert torch.equal(full.spread_indices(len(full) + 5), torch.arange(len(full)))
+    picked = full.spread_indices(3)
+    assert len(picked) == 3 and int(picked[0]) == 0 and int(picked[-1]) == len(full) - 1
+    subset = torch.tensor([i for i in range(len(full)) if i % 2 == 0])
+    groups = full.indices_by_shape(subset)
+    # Exactly the given images, each under its own full-crop shape, ascending within a group.
+    assert sorted(torch.cat(list(groups.values())).tolist()) == subset.tolist()
+    for shape, members in groups.items():
+        assert all(full.full_crop_shape(int(i)) == shape for i in members)
+        assert members.tolist() == sorted(members.tolist())
