@@ -43,7 +43,17 @@ and the cached training latents) and its ``commands.log`` into ``--out``, and ta
 architecture and UNet target (``--prediction-type``) for every field not given on the command
 line (those of a copied stage must match).
 So a wider UNet on the same autoencoder, or a fine-tuning of a UNet, is one command whose lineage
-the model card lists, rather than a copied folder.
+the model card lists, rather than a copied folder. ``--init-from`` also takes a diffusers LDM-SR
+folder (an export, ``bundled`` for the shipped model, any model train_ldm.py can build): its VQ
+(with its decoder) and, with ``--init-stages vq,unet``, its UNet become checkpoints at step 0
+without optimizer state, so training them is fine-tuning with a fresh warm-up and schedule (the
+UNet's EMA starts at the imported weights); its architecture and prediction type are read from
+its configs and weights, and a network or noise schedule train_ldm.py cannot build is refused.
+
+``--unet-input-perturbation GAMMA`` trains the UNet with DDPM-IP's input perturbation (Ning et al.
+2023): z_t is made from ``eps + GAMMA * xi`` and the target from ``eps``, a regulariser against
+the exposure bias of sampling (the UNet sees its own imperfect z_t at inference, never in
+training).
 
 Every invocation resumes from the checkpoints in ``--out``; raising ``--vq-steps`` or
 ``--unet-steps`` continues a finished stage (the learning-rate schedule is a function of
@@ -58,6 +68,9 @@ Examples::
     # a 4x wider UNet on /tmp/ldm's autoencoder
     python experiments/train_ldm.py --out /tmp/ldm_wide --init-from /tmp/ldm --stages unet \\
         --unet-channels 64,128,128
+    # fine-tune the shipped model's UNet (its autoencoder frozen) for 2,000 steps
+    ORL_GYM_DATA=../shared/data python experiments/train_ldm.py --out /tmp/ft --init-from bundled \\
+        --init-stages vq,unet --stages unet --unet-steps 2000 --unet-lr 2e-4 --unet-warmup 50
 """
 
 from __future__ import annotations
@@ -83,7 +96,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from orl_gym.data import DataConfig, PairDataset
-from orl_gym.models import LDMSR, LDMSRArchitecture, load_ldmsr
+from orl_gym.models import LDMSR, LDMSRArchitecture, bundled_model_path, load_ldmsr
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -157,6 +170,12 @@ class TrainConfig:
     # move (experiments/results/compare_lowfreq_finetune.md); kept as a knob for bigger models.
     unet_lowfreq_weight: float = 0.0
     unet_lowfreq_pool: int = 4
+    # Input perturbation against exposure bias (DDPM-IP, Ning et al. 2023; diffusers' training
+    # examples call it input_perturbation): the UNet sees z_t built from noise + gamma * xi (xi a
+    # second standard normal) but learns the target of the unperturbed noise, so at sampling time
+    # it has seen inputs as off the training distribution as its own earlier estimates make them.
+    # 0: off. May change between invocations (recorded, like the low-frequency weight).
+    unet_input_perturbation: float = 0.0
     # common
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -276,6 +295,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "may change on resume, the card records from which step")
     g.add_argument("--unet-lowfreq-pool", type=int, default=d.unet_lowfreq_pool,
                    help="pooling window of that term, in latent cells (x4 HR pixels)")
+    g.add_argument("--unet-input-perturbation", type=float, default=d.unet_input_perturbation,
+                   help="gamma of DDPM-IP input perturbation (z_t from noise + gamma * N(0, I), target "
+                        "from noise; 0.1 in the paper; 0: off)")
     g = p.add_argument_group("common")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm (0: off)")
@@ -289,10 +311,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--stages", default=d.stages, help="comma list of stages to run: vq, decoder, unet")
     g.add_argument("--init-from", default=d.init_from,
                    help="start a new run from this run folder's checkpoints of --init-stages "
-                        "(copied; its architecture is the default)")
+                        "(copied; its architecture is the default), or from the weights of a "
+                        "diffusers LDM-SR folder ('bundled' for the shipped model): fine-tuning "
+                        "then starts at step 0 with a fresh optimizer and schedule")
     g.add_argument("--init-stages", default=d.init_stages,
                    help="with --init-from: comma list of stages to copy (vq, decoder, unet); "
-                        "decoder / unet are skipped where the source has none")
+                        "decoder / unet are skipped where the source has none (a diffusers "
+                        "folder's VQ includes its decoder)")
     g.add_argument("--export", default=d.export,
                    help="also write the diffusers folder here (default: <out>/export)")
     g.add_argument("--export-dtype", default=d.export_dtype, choices=("float16", "float32"))
@@ -536,7 +561,15 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     ]
     unet_cfg = unet_ckpt.get("config", asdict(cfg)) if unet_ckpt else None
 
+    # Checkpoints imported by --init-from from a diffusers folder and not trained since.
+    vq_imported = vq_ckpt.get("imported_from") is not None
+    unet_imported = unet_ckpt is not None and unet_ckpt.get("imported_from") is not None
+    imported = "imported (--init-from), not trained in this run"
+
     def row(name: str, vq_value: str, unet_value: str) -> None:
+        if name != "architecture":
+            vq_value = imported if vq_imported else vq_value
+            unet_value = imported if unet_imported else unet_value
         lines.append(f"| {name} | {vq_value} | {unet_value if unet_ckpt else 'not trained'} |")
 
     arch = cfg.architecture
@@ -704,8 +737,8 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
             "decoder_val_psnr": decoder_ckpt["best_val"] if decoder_ckpt else None}
     (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
     old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
-    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, unet_ckpt if unet_step else None, old_card,
-                                               decoder_ckpt))
+    trained_unet = unet_ckpt if unet_step or (unet_ckpt or {}).get("imported_from") else None
+    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, trained_unet, old_card, decoder_ckpt))
     if (folder / "eval_results.json").exists():  # the raw numbers behind the card's table
         shutil.copy2(folder / "eval_results.json", tmp / "eval_results.json")
     old = folder.with_name(folder.name + ".old-export")
@@ -778,12 +811,16 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         vqvae.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        # An imported checkpoint (--init-from a diffusers folder) has weights only.
+        if ckpt["optimizer"] is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
         step, history, best_val = ckpt["step"], ckpt["history"], ckpt.get("best_val")
         seconds = ckpt.get("seconds", 0.0)
-        generator.set_state(ckpt["generator"])
+        if ckpt["generator"] is not None:
+            generator.set_state(ckpt["generator"])
         last_used = ckpt["last_used"]
         print(f"vq: resumed at step {step} from {ckpt_path}", file=sys.stderr)
+    imported = ckpt_path.exists() and step == 0
     clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
     if clock.done(step):
         print(f"vq: already done (step {step}, {seconds / 60:.1f} min; --vq-steps {cfg.vq_steps}, "
@@ -802,7 +839,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
                     ckpt_path)
         plot_history(history, out / "loss_vq.png", "VQ autoencoder")
 
-    if step == 0:
+    if step == 0 and not imported:
         # Seed the codebook with encoder outputs of real crops: a random codebook is mostly dead.
         with torch.no_grad():
             x = train_ds.sample(cfg.vq_batch_size, generator=generator).hr.to(cfg.device) * 2 - 1
@@ -1088,10 +1125,14 @@ def predicted_z0(noise_scheduler: DDPMScheduler, z_t: torch.Tensor, pred: torch.
 
 def unet_loss_terms(unet: torch.nn.Module, noise_scheduler: DDPMScheduler, z0: torch.Tensor,
                     lr: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                    lowfreq_pool: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                    lowfreq_pool: int = 4, input_noise: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(MSE to ``unet_target``, MSE of the ``lowfreq_pool``-average-pooled z_0 estimate), with
-    the UNet fed concat(z_t, 2 * LR - 1) as the pipeline feeds it."""
-    z_t = noise_scheduler.add_noise(z0, noise, t)
+    the UNet fed concat(z_t, 2 * LR - 1) as the pipeline feeds it.
+
+    ``input_noise`` (input perturbation): z_t is built from it instead of ``noise``, while the
+    target stays that of ``noise``."""
+    z_t = noise_scheduler.add_noise(z0, noise if input_noise is None else input_noise, t)
     pred = unet(torch.cat([z_t, lr * 2 - 1], dim=1), t).sample
     target_mse = F.mse_loss(pred, unet_target(noise_scheduler, z0, noise, t))
     z0_hat = predicted_z0(noise_scheduler, z_t, pred, t)
@@ -1106,23 +1147,30 @@ def check_lowfreq(cfg: TrainConfig) -> None:
             f"--unet-lowfreq-weight {cfg.unet_lowfreq_weight} / --unet-lowfreq-pool "
             f"{cfg.unet_lowfreq_pool}: the weight must be >= 0 and the pool a divisor of the "
             f"latent crop side {side} (--unet-crop {cfg.unet_crop} / 4)")
+    if not 0 <= cfg.unet_input_perturbation < 1:
+        raise SystemExit(f"--unet-input-perturbation {cfg.unet_input_perturbation}: expected gamma in "
+                         "[0, 1) (0.1 in the DDPM-IP paper; 0: off)")
 
 
 def objective_changes(ckpt: dict | None, cfg: TrainConfig, step: int) -> list[dict]:
-    """The UNet objective's history: from which step which low-frequency weight applied. A
-    resume with another weight appends an entry (the card states each)."""
-    current = {"lowfreq_weight": cfg.unet_lowfreq_weight, "lowfreq_pool": cfg.unet_lowfreq_pool}
+    """The UNet objective's history: from which step which low-frequency weight and input
+    perturbation applied. A resume with other values appends an entry (the card states each)."""
+    current = {"lowfreq_weight": cfg.unet_lowfreq_weight, "lowfreq_pool": cfg.unet_lowfreq_pool,
+               "input_perturbation": cfg.unet_input_perturbation}
     if ckpt is None:
         return [{"step": 0, **current}]
     saved = ckpt.get("config", {})
     changes = list(ckpt.get("objective_changes") or [
         {"step": 0, "lowfreq_weight": saved.get("unet_lowfreq_weight", 0.0),
-         "lowfreq_pool": saved.get("unet_lowfreq_pool", 4)}])
-    last = {k: changes[-1][k] for k in current}
+         "lowfreq_pool": saved.get("unet_lowfreq_pool", 4),
+         "input_perturbation": saved.get("unet_input_perturbation", 0.0)}])
+    # Entries written before input perturbation existed had none.
+    last = {k: changes[-1].get(k, 0.0) for k in current}
     if last != current:
         print(f"unet: objective changes at step {step}: low-frequency weight "
               f"{last['lowfreq_weight']:g} -> {current['lowfreq_weight']:g} (pool "
-              f"{current['lowfreq_pool']})", file=sys.stderr)
+              f"{current['lowfreq_pool']}), input perturbation {last['input_perturbation']:g} -> "
+              f"{current['input_perturbation']:g}", file=sys.stderr)
         changes.append({"step": step, **current})
     return changes
 
@@ -1131,12 +1179,20 @@ def objective_description(unet_ckpt: dict) -> str:
     """The card's wording of the UNet objective, with every change of it during the run."""
     text = PREDICTION_OBJECTIVES[unet_prediction_type(unet_ckpt)]
     changes = unet_ckpt.get("objective_changes") or []
-    if not any(c["lowfreq_weight"] > 0 for c in changes):
+    if not any(c["lowfreq_weight"] > 0 or c.get("input_perturbation", 0.0) > 0 for c in changes):
         return text  # plain MSE throughout: nothing to add
-    parts = [f"from step {c['step']}: " + (
-        f"+ {c['lowfreq_weight']:g} x MSE of the {c['lowfreq_pool']}x{c['lowfreq_pool']}-latent-cell "
-        "average-pooled z0 estimate" if c["lowfreq_weight"] > 0 else "no low-frequency term")
-        for c in changes]
+
+    def terms(c: dict) -> str:
+        parts = []
+        if c["lowfreq_weight"] > 0:
+            parts.append(f"+ {c['lowfreq_weight']:g} x MSE of the {c['lowfreq_pool']}x"
+                         f"{c['lowfreq_pool']}-latent-cell average-pooled z0 estimate")
+        if c.get("input_perturbation", 0.0) > 0:
+            parts.append(f"input perturbation gamma {c['input_perturbation']:g} (z_t from noise + "
+                         "gamma x N(0, I), DDPM-IP)")
+        return ", ".join(parts) or "plain"
+
+    parts = [f"from step {c['step']}: {terms(c)}" for c in changes]
     return f"{text} ({'; '.join(parts)})"
 
 
@@ -1170,12 +1226,18 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
                 "retrain the UNet on the new VQ."
             )
         unet.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        # An imported checkpoint (--init-from a diffusers folder) has weights only: a fresh
+        # optimizer, and the EMA starts at the imported weights.
+        if ckpt["optimizer"] is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"])
+        elif ema is not None:
+            ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
         step, history, best_val = ckpt["step"], ckpt["history"], ckpt.get("best_val")
         seconds = ckpt.get("seconds", 0.0)
-        generator.set_state(ckpt["generator"])
+        if ckpt["generator"] is not None:
+            generator.set_state(ckpt["generator"])
         print(f"unet: resumed at step {step} from {ckpt_path}", file=sys.stderr)
     changes = objective_changes(ckpt, cfg, step)
     if StageClock(cfg.unet_steps, cfg.unet_minutes, seconds).done(step):
@@ -1243,9 +1305,13 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         z0, lr_img = crop_batch(train_latents, train_lrs, cfg.unet_batch_size, side, generator)
         noise = torch.randn(z0.shape, generator=generator)
         t = torch.randint(0, num_t, (z0.shape[0],), generator=generator)
+        # Drawn only when on, so runs without it keep their random stream.
+        input_noise = (noise + cfg.unet_input_perturbation * torch.randn(z0.shape, generator=generator)
+                       if cfg.unet_input_perturbation > 0 else None)
         z0, lr_img, noise, t = (v.to(cfg.device) for v in (z0, lr_img, noise, t))
-        target_mse, lowfreq_mse = unet_loss_terms(unet, noise_scheduler, z0, lr_img, noise, t,
-                                                  cfg.unet_lowfreq_pool)
+        target_mse, lowfreq_mse = unet_loss_terms(
+            unet, noise_scheduler, z0, lr_img, noise, t, cfg.unet_lowfreq_pool,
+            input_noise=None if input_noise is None else input_noise.to(cfg.device))
         loss = target_mse + cfg.unet_lowfreq_weight * lowfreq_mse if cfg.unet_lowfreq_weight > 0 else target_mse
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -1297,6 +1363,99 @@ def _saved_config(folder: Path) -> dict | None:
     return json.loads(path.read_text())["config"] if path.exists() else None
 
 
+def diffusers_source(init_from: str) -> Path | None:
+    """The diffusers LDM-SR folder that ``--init-from`` names ("bundled": the shipped model), or
+    None when it names a train_ldm.py run folder."""
+    if init_from == "bundled":
+        return bundled_model_path()
+    path = Path(init_from)
+    return path if (path / "model_index.json").exists() else None
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def diffusers_architecture(model: LDMSR, source: Path) -> dict:
+    """The architecture fields (and ``prediction_type``) with which train_ldm.py rebuilds
+    ``model``'s networks, checked: the rebuilt networks must have the same configs and weight
+    shapes, and the noise schedule must be the one train_ldm.py trains with. Anything else
+    (another block layout, another beta schedule) is refused with a SystemExit that names it.
+    """
+    vq, unet = model.vqvae.config, model.unet.config
+    vq_state, unet_state = model.vqvae.state_dict(), model.unet.state_dict()
+    fields = {
+        "latent_channels": vq.latent_channels, "vq_channels": tuple(vq.block_out_channels),
+        "vq_layers_per_block": vq.layers_per_block, "codebook_size": vq.num_vq_embeddings,
+        "unet_channels": tuple(unet.block_out_channels), "unet_layers_per_block": unet.layers_per_block,
+        "attention_levels": tuple(t.startswith("Attn") for t in unet.down_block_types),
+        # From the weights: configs written before 2026-11-26 say "no attention" for networks
+        # that have it (see build_model).
+        "vq_mid_attention": any(".mid_block.attentions." in k for k in vq_state),
+        "unet_mid_attention": any(k.startswith("mid_block.attentions.") for k in unet_state),
+        "norm_num_groups": vq.norm_num_groups,
+        "prediction_type": model.scheduler.config.prediction_type,
+    }
+    if fields["prediction_type"] not in PREDICTION_TYPES:
+        raise SystemExit(f"--init-from: {source} predicts {fields['prediction_type']!r}; train_ldm.py "
+                         f"trains {PREDICTION_TYPES}")
+    rebuilt = TrainConfig(out="", **fields).architecture.build()
+    problems = []
+    for what, theirs, ours in (("vqvae", model.vqvae, rebuilt.vqvae), ("unet", model.unet, rebuilt.unet)):
+        ignore = {"mid_block_add_attention", "add_attention"}  # checked from the weights above
+        for key, value in ours.config.items():
+            if not key.startswith("_") and key not in ignore and _plain(theirs.config.get(key)) != _plain(value):
+                problems.append(f"{what} {key} = {theirs.config.get(key)!r} (train_ldm.py: {value!r})")
+        shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+        if not problems and shapes != {k: tuple(v.shape) for k, v in ours.state_dict().items()}:
+            problems.append(f"{what} weights of other names or shapes")
+    for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end"):
+        if model.scheduler.config[key] != rebuilt.scheduler.config[key]:
+            problems.append(f"scheduler {key} = {model.scheduler.config[key]!r} "
+                            f"(train_ldm.py: {rebuilt.scheduler.config[key]!r})")
+    if problems:
+        raise SystemExit(f"--init-from: {source} is not a network train_ldm.py can build: "
+                         + "; ".join(problems[:5]))
+    return fields
+
+
+def _card_training_section(folder: Path) -> str | None:
+    card = folder / "README.md"
+    text = card.read_text() if card.exists() else ""
+    if TRAIN_BEGIN not in text or TRAIN_END not in text:
+        return None
+    return text.split(TRAIN_BEGIN, 1)[1].split(TRAIN_END, 1)[0].strip()
+
+
+def import_diffusers_folder(cfg: TrainConfig, source: Path, stages: list[str]) -> None:
+    """Start a run from a diffusers folder's weights: checkpoints at step 0 that hold the
+    weights and no optimizer state, so each stage trained here starts its warm-up and schedule
+    afresh (fine-tuning), with its EMA starting at the imported weights. The VQ checkpoint
+    carries the folder's decoder (stage 1b is already in it). card_notes.md records the origin
+    and the source card's training section."""
+    out = Path(cfg.out)
+    model = load_ldmsr(source, dtype=torch.float32)
+    fields = diffusers_architecture(model, source)
+    config = {**asdict(cfg), **{k: _plain(v) for k, v in fields.items()}}
+    common = {"optimizer": None, "step": 0, "history": [], "best_val": None, "generator": None,
+              "seconds": 0.0, "config": config, "imported_from": str(source.resolve())}
+    atomic_save({"model": model.vqvae.state_dict(), **common,
+                 "last_used": torch.zeros(fields["codebook_size"], dtype=torch.long)},
+                out / "vq" / "checkpoint.pt")
+    if "unet" in stages:
+        atomic_save({"model": model.unet.state_dict(), **common, "ema": None, "vq_step": 0,
+                     "objective_changes": None}, out / "unet" / "checkpoint.pt")
+    imported = "the VQ autoencoder (with its decoder)" + (" and the UNet" if "unet" in stages else "")
+    notes = [f"This run started from the weights of {imported} of `{source.resolve()}` "
+             "(`--init-from`); step counts and wall times above count from there."]
+    section = _card_training_section(source)
+    if section:
+        notes += ["", "The source's card said of its training:", "",
+                  *(f"> {line}".rstrip() for line in section.splitlines())]
+    atomic_write_text("\n".join(notes) + "\n", out / "card_notes.md")
+    print(f"init: imported {imported} from {source}", file=sys.stderr)
+
+
 def _init_stages(cfg: TrainConfig) -> list[str]:
     stages = [s.strip() for s in cfg.init_stages.split(",") if s.strip()]
     unknown = set(stages) - set(INIT_FILES)
@@ -1328,9 +1487,14 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
     if cfg.init_from is None:
         return cfg
     source = Path(cfg.init_from)
-    source_config = _saved_config(source)
+    folder = diffusers_source(cfg.init_from)
+    if folder is not None:
+        source_config = diffusers_architecture(load_ldmsr(folder, dtype=torch.float32), folder)
+    else:
+        source_config = _saved_config(source)
     if source_config is None:
-        raise SystemExit(f"--init-from: {source} has no run_config.json; name a train_ldm.py run folder")
+        raise SystemExit(f"--init-from: {source} has neither run_config.json nor model_index.json; "
+                         "name a train_ldm.py run folder, a diffusers LDM-SR folder or 'bundled'")
     stages = _init_stages(cfg)
     fixed = set(VQ_ARCH_FIELDS) | (set(UNET_ARCH_FIELDS) if "unet" in stages else set())
     for name in (*ARCH_FIELDS, "prediction_type"):
@@ -1354,6 +1518,9 @@ def init_run_from(cfg: TrainConfig) -> None:
     """
     out, source = Path(cfg.out), Path(cfg.init_from)
     stages = _init_stages(cfg)
+    folder = diffusers_source(cfg.init_from)
+    if folder is not None:
+        source = folder
     record_path = out / "init_from.json"
     record = {"source": str(source.resolve()), "stages": stages}
     if record_path.exists():
@@ -1365,6 +1532,10 @@ def init_run_from(cfg: TrainConfig) -> None:
     existing = [p for p in INIT_FILES["vq"] + INIT_FILES["decoder"] + INIT_FILES["unet"] if (out / p).exists()]
     if existing:
         raise SystemExit(f"--init-from: {out} already holds {existing}; use a new --out")
+    if folder is not None:
+        import_diffusers_folder(cfg, folder, stages)
+        atomic_write_text(json.dumps(record, indent=2) + "\n", record_path)
+        return
     names = [name for stage in stages for name in INIT_FILES[stage]]
     # The decoder checkpoint and the latents cache are optional (the UNet stage re-encodes).
     missing = [n for n in names if n in ("vq/checkpoint.pt", "unet/checkpoint.pt") and not (source / n).exists()]

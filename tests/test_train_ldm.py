@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -294,15 +295,107 @@ def test_lowfreq_term_changes_training_and_is_recorded_from_its_step(train_ldm, 
     a = torch.load(plain / "unet" / "checkpoint.pt", weights_only=False)
     b = torch.load(weighted / "unet" / "checkpoint.pt", weights_only=False)
     assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["objective_changes"] == [{"step": 0, "lowfreq_weight": 0.0, "lowfreq_pool": 4}]
+    assert a["objective_changes"] == [{"step": 0, "lowfreq_weight": 0.0, "lowfreq_pool": 4,
+                                       "input_perturbation": 0.0}]
     assert all("val_lowfreq" in h for h in a["history"] if "val" in h)
     # Resume the plain run with the term on: recorded from step 2, and in the card.
     assert train_ldm.main(_args(plain, synthetic_data, 2, 4, "--unet-lowfreq-weight", "10")) == 0
     resumed = torch.load(plain / "unet" / "checkpoint.pt", weights_only=False)
     assert resumed["step"] == 4
-    assert resumed["objective_changes"][-1] == {"step": 2, "lowfreq_weight": 10.0, "lowfreq_pool": 4}
+    assert resumed["objective_changes"][-1] == {"step": 2, "lowfreq_weight": 10.0, "lowfreq_pool": 4,
+                                                "input_perturbation": 0.0}
     card = (plain / "export" / "README.md").read_text()
     assert "from step 2: + 10 x MSE of the 4x4-latent-cell average-pooled z0 estimate" in card
-    assert "from step 0: no low-frequency term" in card
+    assert "from step 0: plain" in card
     with pytest.raises(SystemExit, match="divisor of the latent crop side 8"):
         train_ldm.main(_args(tmp_path / "bad", synthetic_data, 2, 2, "--unet-lowfreq-pool", "3"))
+
+
+def test_input_perturbation_moves_the_input_not_the_target(train_ldm):
+    """DDPM-IP: z_t is built from the perturbed noise, the target from the clean one."""
+    from diffusers import DDPMScheduler
+
+    gen = torch.Generator().manual_seed(2)
+    z0, noise, xi = (torch.randn(3, 3, 8, 8, generator=gen) for _ in range(3))
+    lr = torch.rand(3, 3, 8, 8, generator=gen)
+    t = torch.tensor([10, 500, 990])
+    base = train_ldm.build_model(train_ldm.TrainConfig(out="")).scheduler.config
+    scheduler = DDPMScheduler.from_config(base, prediction_type="v_prediction")
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, timesteps):
+            seen.append(x[:, :3].clone())
+            return type("Out", (), {"sample": x[:, :3] * 0.5})()
+
+    perturbed = noise + 0.1 * xi
+    target_mse, _ = train_ldm.unet_loss_terms(Recorder(), scheduler, z0, lr, noise, t, input_noise=perturbed)
+    z_t = scheduler.add_noise(z0, perturbed, t)
+    torch.testing.assert_close(seen[-1], z_t)
+    want = torch.nn.functional.mse_loss(z_t * 0.5, scheduler.get_velocity(z0, noise, t))
+    torch.testing.assert_close(target_mse, want)
+    # Without it, the input is built from the target's own noise.
+    train_ldm.unet_loss_terms(Recorder(), scheduler, z0, lr, noise, t)
+    torch.testing.assert_close(seen[-1], scheduler.add_noise(z0, noise, t))
+
+
+def test_input_perturbation_trains_differently_and_is_recorded(train_ldm, synthetic_data, tmp_path):
+    plain, perturbed = tmp_path / "plain", tmp_path / "perturbed"
+    assert train_ldm.main(_args(plain, synthetic_data, 2, 2, "--no-export")) == 0
+    assert train_ldm.main(_args(perturbed, synthetic_data, 2, 2, "--unet-input-perturbation", "0.1")) == 0
+    a, b = (torch.load(r / "unet" / "checkpoint.pt", weights_only=False) for r in (plain, perturbed))
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["objective_changes"] == [{"step": 0, "lowfreq_weight": 0.0, "lowfreq_pool": 4,
+                                       "input_perturbation": 0.1}]
+    card = (perturbed / "export" / "README.md").read_text()
+    assert "from step 0: input perturbation gamma 0.1" in card
+    for bad in ("-0.1", "nan", "1.5"):
+        with pytest.raises(SystemExit, match="--unet-input-perturbation"):
+            train_ldm.main(_args(tmp_path / "bad", synthetic_data, 2, 2, "--unet-input-perturbation", bad))
+
+
+def test_init_from_a_diffusers_folder_fine_tunes_its_weights(train_ldm, synthetic_data, tmp_path):
+    """--init-from an exported (diffusers) folder: the run starts from its weights at step 0 with
+    a fresh optimizer; its architecture and prediction type come from the folder's configs."""
+    source = tmp_path / "source"
+    assert train_ldm.main(_args(source, synthetic_data, 3, 2, "--vq-mid-attention",
+                                "--prediction-type", "v_prediction")) == 0
+    folder = source / "export"
+    exported = load_ldmsr(folder)
+    common = ["--data", str(synthetic_data), "--threads", "1", "--no-progress", "--unet-batch-size", "4",
+              "--unet-crop", "32", "--val-images", "2", "--val-crop", "32", "--unet-warmup", "1",
+              "--checkpoint-every", "100", "--val-every", "100"]
+    tuned = tmp_path / "tuned"
+    assert train_ldm.main(["--out", str(tuned), "--init-from", str(folder), "--init-stages", "vq,unet",
+                           "--stages", "unet", "--unet-steps", "2", *common]) == 0
+    config = json.loads((tuned / "run_config.json").read_text())["config"]
+    assert config["vq_channels"] == [8, 16, 16] and config["unet_channels"] == [16, 16, 32]
+    assert config["vq_mid_attention"] is True and config["prediction_type"] == "v_prediction"
+    # The VQ is the folder's, untouched; the UNet started from the folder's and trained 2 steps.
+    vq = torch.load(tuned / "vq" / "checkpoint.pt", weights_only=False)
+    assert vq["step"] == 0 and vq["imported_from"] == str(folder.resolve())
+    for key, value in exported.vqvae.state_dict().items():
+        assert torch.equal(vq["model"][key], value)
+    unet = torch.load(tuned / "unet" / "checkpoint.pt", weights_only=False)
+    assert unet["step"] == 2 and unet["optimizer"]["state"]
+    first = [h for h in unet["history"] if "loss" in h][0]
+    assert first["lr"] < 2e-3  # the warm-up starts afresh
+    moved = [k for k, v in exported.unet.state_dict().items() if not torch.equal(unet["model"][k], v)]
+    assert moved and all((unet["model"][k] - exported.unet.state_dict()[k]).abs().max() < 0.1 for k in moved)
+    card = (tuned / "export" / "README.md").read_text()
+    assert f"started from the weights of the VQ autoencoder (with its decoder) and the UNet of `{folder.resolve()}`" in card
+    assert "| steps | imported (--init-from), not trained in this run | 2 |" in card
+    assert "> | | VQ autoencoder (stage 1) | conditional UNet (stage 2) |" in card  # the source's card
+
+    # Only the VQ imported: a new UNet of another width on the folder's autoencoder.
+    fresh = tmp_path / "fresh"
+    assert train_ldm.main(["--out", str(fresh), "--init-from", str(folder), "--stages", "unet",
+                           "--unet-channels", "16,16,16", "--unet-steps", "1", "--no-export", *common]) == 0
+    assert torch.load(fresh / "unet" / "checkpoint.pt", weights_only=False)["model"]["conv_in.weight"].shape[0] == 16
+    # A folder whose noise schedule train_ldm.py does not train with is refused, by name.
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    scheduler_json = other / "scheduler" / "scheduler_config.json"
+    scheduler_json.write_text(scheduler_json.read_text().replace('"scaled_linear"', '"linear"'))
+    with pytest.raises(SystemExit, match="scheduler beta_schedule = 'linear'"):
+        train_ldm.main(["--out", str(tmp_path / "bad"), "--init-from", str(other), *common])
