@@ -15,7 +15,18 @@ latent (the VQ encoder's output for the HR image):
 
 If a swap of the low frequencies removes the cast, the UNet's coarse prediction is what is off
 (a loss on it could fix it); if not, the cast comes from how the decoder renders the sample's fine
-structure. Writes a Markdown table per dataset (PSNR, colour offset, signed offset per channel).
+structure.
+
+Then, whether the cast builds up along the sampling trajectory (exposure bias: the UNet fed its
+own imperfect latents) or is already in single predictions: the true latent is noised to each
+``--from-t`` (on the sampler's grid, seeded noise, as in training) and
+
+- the UNet's one-step z_0 estimate there (the scheduler's ``pred_original_sample``) is decoded;
+- the same DDIM sampler continues from there to t = 0, and its result is decoded.
+
+If the one-step estimates already carry the cast, it is in the UNet's predictions on
+training-like inputs, not in the trajectory. Writes a Markdown table per dataset (PSNR, colour
+offset, signed offset per channel).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from tqdm import tqdm
 
 from orl_gym.data import DataConfig, PairDataset
@@ -60,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=32, help="images per dataset, evenly spread (0: all)")
     p.add_argument("--steps", type=int, default=100, help="DDIM steps of the pipeline's sample")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the pipeline's sample")
+    p.add_argument("--from-t", default="20,100,300",
+                   help="comma list of timesteps to noise the true latent to (one-step estimate and "
+                        "DDIM from there); each is moved down to the sampler's grid ('': none)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
@@ -101,12 +116,44 @@ def variants(sample: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor
     }
 
 
+def from_noised_truth(model, scheduler: DDIMScheduler, true: torch.Tensor, lr: torch.Tensor,
+                      t_start: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one-step z_0 estimate, DDIM result) from ``true`` noised to the largest grid timestep
+    <= ``t_start``; the UNet is fed as the pipeline feeds it, the scheduler's DDIM steps (eta 0)."""
+    grid = [int(t) for t in scheduler.timesteps if int(t) <= t_start]
+    if not grid:
+        raise SystemExit(f"--from-t {t_start}: below the sampler's lowest timestep {int(scheduler.timesteps[-1])}")
+    noise = torch.randn(true.shape, generator=generator)
+    latents = scheduler.add_noise(true, noise, torch.tensor([grid[0]]))
+    one_step = None
+    for t in grid:
+        output = model.unet(torch.cat([latents, lr * 2 - 1], dim=1), t).sample
+        out = scheduler.step(output, t, latents, eta=0.0)
+        one_step = out.pred_original_sample if one_step is None else one_step
+        latents = out.prev_sample
+    return one_step, latents
+
+
+def from_t_values(args: argparse.Namespace) -> list[int]:
+    return [int(t) for t in args.from_t.split(",") if t.strip()]
+
+
+def row_labels(args: argparse.Namespace) -> dict[str, str]:
+    labels = dict(ROWS)
+    for t in from_t_values(args):
+        labels[f"one_step_{t}"] = f"one-step z0 estimate from the true latent noised to t = {t}"
+        labels[f"ddim_from_{t}"] = f"DDIM (eta 0) from the true latent noised to t = {t}"
+    return labels
+
+
 def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
     ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
                                 full_multiple=model.hr_multiple))
     indices = ds.spread_indices(args.max_images)
     groups = ds.indices_by_shape(indices)
-    scores: dict[str, dict[str, list]] = {row: defaultdict(list) for row in ROWS}
+    scores: dict[str, dict[str, list]] = {row: defaultdict(list) for row in row_labels(args)}
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(args.steps)
     largest_pipeline_difference = 0.0
     with torch.no_grad():
         for group in tqdm(groups.values(), desc=name, unit="shape"):
@@ -126,6 +173,11 @@ def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
                     outputs[row] = (vq_decode(model, latents).clamp(-1, 1) + 1) / 2
                 outputs["sample_continuous"] = (
                     model.vqvae.decode(sample, force_not_quantize=True).sample.clamp(-1, 1) + 1) / 2
+                for t in from_t_values(args):
+                    one_step, ddim = from_noised_truth(model, scheduler, true, lr, t,
+                                                       torch.Generator().manual_seed(args.seed + t))
+                    outputs[f"one_step_{t}"] = (vq_decode(model, one_step).clamp(-1, 1) + 1) / 2
+                    outputs[f"ddim_from_{t}"] = (vq_decode(model, ddim).clamp(-1, 1) + 1) / 2
                 # The captured latents decode to exactly what the pipeline returned.
                 largest_pipeline_difference = max(
                     largest_pipeline_difference, float((outputs["sample"] - images.float()).abs().max()))
@@ -149,7 +201,10 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
         "",
         f"Model `{args.model}`; `{args.split}` split, whole images; the pipeline's sampler, DDIM "
         f"{args.steps} steps, eta {args.eta:g}, seed {args.seed}. True latent: the VQ encoder's output "
-        "for the HR image. Block means: each latent block replaced by its mean (nearest-upsampled), "
+        "for the HR image; noised to t with seeded noise as in training (the last rows: one-step "
+        "estimate = the scheduler's pred_original_sample at t; DDIM from t = the same sampler "
+        "continued over its grid from t to 0). "
+        "Block means: each latent block replaced by its mean (nearest-upsampled), "
         "i.e. the latent's low frequencies. Every latent is decoded as the pipeline decodes "
         "(quantized) unless the row says otherwise. Colour offset: |mean(SR - HR)| per channel, "
         "averaged over RGB, in 8-bit levels; signed: mean(SR - HR) per channel, averaged over images.",
@@ -159,7 +214,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
         lines += [f"**{name}** ({result['images']} images, HR {', '.join(f'{h}x{w}' for h, w in result['shapes'])}; "
                   f"captured sample vs pipeline output: max difference {result['pipeline_difference']:.1e})", "",
                   "| decoded | PSNR (dB) | colour offset | signed offset R / G / B |", "|---|---:|---:|---|"]
-        for row, label in ROWS.items():
+        for row, label in row_labels(args).items():
             s = result["scores"][row]
             per_image = torch.tensor(s["signed"])  # (images, RGB) mean(SR - HR) in levels
             lines.append(f"| {label} | {sum(s['psnr']) / len(s['psnr']):.2f} | "

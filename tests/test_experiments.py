@@ -289,9 +289,35 @@ def test_diagnose_colour_offset_decodes_the_pipelines_own_sample(preset, data_ro
     # The captured latents are the pipeline's: they decode to its output exactly.
     assert "captured sample vs pipeline output: max difference 0.0e+00" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert set(module.ROWS.values()) <= set(rows)
-    psnr = {label: float(rows[label].split("|")[2]) for label in module.ROWS.values()}
+    labels = module.row_labels(module.parse_args([]))
+    assert "one-step z0 estimate from the true latent noised to t = 100" in labels.values()
+    assert set(labels.values()) <= set(rows)
+    psnr = {label: float(rows[label].split("|")[2]) for label in labels.values()}
     assert psnr[module.ROWS["vq"]] != psnr[module.ROWS["sample"]]
+
+
+def test_from_noised_truth_starts_on_the_grid_and_ends_at_t0(tiny_model):
+    import torch
+    from diffusers import DDIMScheduler
+
+    module = _script("diagnose_colour_offset")
+    scheduler = DDIMScheduler.from_config(tiny_model.scheduler.config)
+    scheduler.set_timesteps(10)  # leading spacing: 900, 800, ..., 0
+    generator = torch.Generator().manual_seed(0)
+    true = torch.randn(2, tiny_model.latent_channels, 8, 8, generator=generator)
+    lr = torch.rand(2, 3, 8, 8, generator=generator)
+    with torch.no_grad():
+        # From the last grid step the single DDIM step lands on its own z0 estimate.
+        one_step, ddim = module.from_noised_truth(tiny_model, scheduler, true, lr, 50, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(one_step, ddim)
+        # From higher up, the trajectory (4 steps: 300, 200, 100, 0) is not the first estimate; the
+        # first estimate is the one at 300 (350 moves down to the grid).
+        one_step, ddim = module.from_noised_truth(tiny_model, scheduler, true, lr, 350, torch.Generator().manual_seed(1))
+        noised = scheduler.add_noise(true, torch.randn(true.shape, generator=torch.Generator().manual_seed(1)),
+                                     torch.tensor([300]))
+        output = tiny_model.unet(torch.cat([noised, lr * 2 - 1], dim=1), 300).sample
+        torch.testing.assert_close(one_step, scheduler.step(output, 300, noised, eta=0.0).pred_original_sample)
+    assert not torch.allclose(one_step, ddim)
 
 
 def test_colour_offset_swaps_take_exactly_the_named_part():
