@@ -167,7 +167,8 @@ class TrainConfig:
     # cells' worth of energy out of the whole crop) barely moves the loss, yet it costs PSNR over
     # the whole image. 0: plain MSE to the target. May change between invocations (recorded).
     # Tried on the bundled model (3,000 fine-tuning steps at weight 10): the colour cast did not
-    # move (experiments/results/compare_lowfreq_finetune.md); kept as a knob for bigger models.
+    # move (experiments/results/compare_lowfreq_finetune.md), nor at pool 2 weight 100 or pool 4
+    # weight 300 (compare_lowfreq_strong.md, SSIM / LPIPS worse); kept as a knob for bigger models.
     unet_lowfreq_weight: float = 0.0
     unet_lowfreq_pool: int = 4
     # Input perturbation against exposure bias (DDPM-IP, Ning et al. 2023; diffusers' training
@@ -175,6 +176,9 @@ class TrainConfig:
     # second standard normal) but learns the target of the unperturbed noise, so at sampling time
     # it has seen inputs as off the training distribution as its own earlier estimates make them.
     # 0: off. May change between invocations (recorded, like the low-frequency weight).
+    # Tried on the bundled model (gamma 0.1, from scratch and as a fine-tuning): no gain; its
+    # colour cast is in single predictions, not built along the trajectory
+    # (experiments/results/compare_input_perturbation_*.md, diagnose_colour_offset.md).
     unet_input_perturbation: float = 0.0
     # common
     weight_decay: float = 0.01
@@ -820,7 +824,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
             generator.set_state(ckpt["generator"])
         last_used = ckpt["last_used"]
         print(f"vq: resumed at step {step} from {ckpt_path}", file=sys.stderr)
-    imported = ckpt_path.exists() and step == 0
+    # A checkpoint holds a codebook already: seeded before it was saved, or imported.
+    has_codebook = ckpt_path.exists()
     clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
     if clock.done(step):
         print(f"vq: already done (step {step}, {seconds / 60:.1f} min; --vq-steps {cfg.vq_steps}, "
@@ -839,7 +844,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
                     ckpt_path)
         plot_history(history, out / "loss_vq.png", "VQ autoencoder")
 
-    if step == 0 and not imported:
+    if not has_codebook:
         # Seed the codebook with encoder outputs of real crops: a random codebook is mostly dead.
         with torch.no_grad():
             x = train_ds.sample(cfg.vq_batch_size, generator=generator).hr.to(cfg.device) * 2 - 1
@@ -1164,8 +1169,8 @@ def objective_changes(ckpt: dict | None, cfg: TrainConfig, step: int) -> list[di
         {"step": 0, "lowfreq_weight": saved.get("unet_lowfreq_weight", 0.0),
          "lowfreq_pool": saved.get("unet_lowfreq_pool", 4),
          "input_perturbation": saved.get("unet_input_perturbation", 0.0)}])
-    # Entries written before input perturbation existed had none.
-    last = {k: changes[-1].get(k, 0.0) for k in current}
+    # Entries written before input perturbation existed had none (i.e. 0).
+    last = {k: {"input_perturbation": 0.0, **changes[-1]}[k] for k in current}
     if last != current:
         print(f"unet: objective changes at step {step}: low-frequency weight "
               f"{last['lowfreq_weight']:g} -> {current['lowfreq_weight']:g} (pool "

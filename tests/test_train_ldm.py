@@ -392,6 +392,14 @@ def test_init_from_a_diffusers_folder_fine_tunes_its_weights(train_ldm, syntheti
     assert train_ldm.main(["--out", str(fresh), "--init-from", str(folder), "--stages", "unet",
                            "--unet-channels", "16,16,16", "--unet-steps", "1", "--no-export", *common]) == 0
     assert torch.load(fresh / "unet" / "checkpoint.pt", weights_only=False)["model"]["conv_in.weight"].shape[0] == 16
+    # Fine-tuning the imported VQ keeps its codebook (no re-seeding from random crops).
+    vq_tuned = tmp_path / "vq_tuned"
+    assert train_ldm.main(["--out", str(vq_tuned), "--init-from", str(folder), "--stages", "vq",
+                           "--vq-steps", "1", "--vq-batch-size", "4", "--vq-crop", "16", "--vq-warmup", "1",
+                           "--vq-lr", "1e-4", "--vq-restart-every", "0", "--no-export", *common]) == 0
+    codebook = torch.load(vq_tuned / "vq" / "checkpoint.pt", weights_only=False)["model"]["quantize.embedding.weight"]
+    imported_codebook = exported.vqvae.state_dict()["quantize.embedding.weight"]
+    assert (codebook - imported_codebook).abs().max() < 0.01 < (codebook - imported_codebook).abs().max() * 1e4
     # A folder whose noise schedule train_ldm.py does not train with is refused, by name.
     other = tmp_path / "other"
     shutil.copytree(folder, other)
