@@ -597,8 +597,9 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
         "0.0015..0.0155 (the reference schedule), on pre-quantization latents of the frozen VQ")
     row("input", f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops, flips / 90-degree "
         "rotations, batch " + str(vq_cfg["vq_batch_size"]),
-        f"aligned random crops of whole-image latents + LR: {cfg.unet_crop // 4}x{cfg.unet_crop // 4} "
-        f"latent ({cfg.unet_crop}x{cfg.unet_crop} HR), batch {unet_cfg['unet_batch_size'] if unet_cfg else ''}")
+        (f"aligned random crops of whole-image latents + LR: {unet_cfg['unet_crop'] // 4}x"
+         f"{unet_cfg['unet_crop'] // 4} latent ({unet_cfg['unet_crop']}x{unet_cfg['unet_crop']} HR), batch "
+         f"{unet_cfg['unet_batch_size']}") if unet_cfg else "")
     row("optimizer", f"AdamW lr {vq_cfg['vq_lr']:g}, warm-up {vq_cfg['vq_warmup']}, cosine to "
         f"x{vq_cfg['vq_min_lr_ratio']:g}, weight decay {vq_cfg['weight_decay']:g}, grad clip "
         f"{vq_cfg['grad_clip']:g}",
@@ -693,7 +694,9 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "",
         "## Limitations",
         "",
-        f"A small model trained for {training_hours(vq_ckpt, unet_ckpt, decoder_ckpt)} on a 2-core CPU: "
+        f"A small model trained for {training_hours(vq_ckpt, unet_ckpt, decoder_ckpt)} on a 2-core CPU"
+        + (" (this run; the imported autoencoder's own training is in the source card quoted above)"
+           if vq_ckpt.get("imported_from") else "") + ": "
         "it is a stand-in that "
         "makes the environment run anywhere, not a state-of-the-art super-resolver. Trained on "
         "two aerial datasets at two ground resolutions with plain bicubic degradation; other "

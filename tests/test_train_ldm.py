@@ -386,6 +386,9 @@ def test_init_from_a_diffusers_folder_fine_tunes_its_weights(train_ldm, syntheti
     assert f"started from the weights of the VQ autoencoder (with its decoder) and the UNet of `{folder.resolve()}`" in card
     assert "| steps | imported (--init-from), not trained in this run | 2 |" in card
     assert "> | | VQ autoencoder (stage 1) | conditional UNet (stage 2) |" in card  # the source's card
+    # A later --export-only (default --unet-crop 64) states the crop the UNet was trained on.
+    assert train_ldm.main(["--out", str(tuned), "--export-only"]) == 0
+    assert "8x8 latent (32x32 HR), batch 4" in (tuned / "export" / "README.md").read_text()
 
     # Only the VQ imported: a new UNet of another width on the folder's autoencoder.
     fresh = tmp_path / "fresh"
