@@ -152,9 +152,10 @@ class TrainConfig:
     unet_steps: int = 8000
     unet_minutes: float = 0.0
     unet_batch_size: int = 64
-    # 64 made the shipped UNet (its card's commands rely on this default). 128 at the same batch
-    # trains better at the same size: +0.42 / +0.30 dB DDIM 100 on validation, less colour cast
-    # (experiments/results/compare_unet_crop128.md); a new bundled model should use it.
+    # 64 made the UNets of the bundled model until commit 7bbc94a (their cards' commands rely on
+    # this default). 128 at the same batch trains better at the same size (+0.42 / +0.30 dB DDIM
+    # 100 on validation, less colour cast: experiments/results/compare_unet_crop128.md); the
+    # bundled UNet since then was trained with --unet-crop 128.
     unet_crop: int = 64
     unet_lr: float = 1e-3
     unet_min_lr_ratio: float = 0.05
