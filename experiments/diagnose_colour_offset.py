@@ -116,13 +116,19 @@ def variants(sample: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor
     }
 
 
+def grid_steps_from(scheduler: DDIMScheduler, t_start: int) -> list[int]:
+    """The sampler's timesteps from the largest one <= ``t_start`` down to its last."""
+    grid = [int(t) for t in scheduler.timesteps if int(t) <= t_start]
+    if not grid:
+        raise SystemExit(f"--from-t {t_start}: below the sampler's lowest timestep {int(scheduler.timesteps[-1])}")
+    return grid
+
+
 def from_noised_truth(model, scheduler: DDIMScheduler, true: torch.Tensor, lr: torch.Tensor,
                       t_start: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(one-step z_0 estimate, DDIM result) from ``true`` noised to the largest grid timestep
     <= ``t_start``; the UNet is fed as the pipeline feeds it, the scheduler's DDIM steps (eta 0)."""
-    grid = [int(t) for t in scheduler.timesteps if int(t) <= t_start]
-    if not grid:
-        raise SystemExit(f"--from-t {t_start}: below the sampler's lowest timestep {int(scheduler.timesteps[-1])}")
+    grid = grid_steps_from(scheduler, t_start)
     noise = torch.randn(true.shape, generator=generator)
     latents = scheduler.add_noise(true, noise, torch.tensor([grid[0]]))
     one_step = None
@@ -152,8 +158,7 @@ def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
     indices = ds.spread_indices(args.max_images)
     groups = ds.indices_by_shape(indices)
     scores: dict[str, dict[str, list]] = {row: defaultdict(list) for row in row_labels(args)}
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(args.steps)
+    scheduler = sampler_grid(pipe, args.steps)
     largest_pipeline_difference = 0.0
     with torch.no_grad():
         for group in tqdm(groups.values(), desc=name, unit="shape"):
@@ -224,6 +229,13 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def sampler_grid(pipe, steps: int) -> DDIMScheduler:
+    """A copy of the pipeline's scheduler set to ``steps`` (the pipeline's own is left alone)."""
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -231,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     model = load_ldmsr(args.model)
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
+    # Each --from-t moved down to the sampler's grid here, so rows are labelled with the
+    # timestep they start from, not the one asked for.
+    grid = sampler_grid(pipe, args.steps)
+    args.from_t = ",".join(dict.fromkeys(str(grid_steps_from(grid, t)[0]) for t in from_t_values(args)))
     results = {name.strip(): measure(model, pipe, name.strip(), args)
                for name in args.datasets.split(",") if name.strip()}
     write_report(args.out, report(results, args))

@@ -291,7 +291,11 @@ def test_diagnose_colour_offset_decodes_the_pipelines_own_sample(preset, data_ro
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     labels = module.row_labels(module.parse_args([]))
     assert "one-step z0 estimate from the true latent noised to t = 100" in labels.values()
+    # With 2 steps the grid is 500, 0: the default 20, 100, 300 all start from t = 0, one row each,
+    # labelled with the timestep they start from.
+    labels = module.row_labels(module.parse_args(["--from-t", "0"]))
     assert set(labels.values()) <= set(rows)
+    assert not any("noised to t = 100" in row for row in rows)
     psnr = {label: float(rows[label].split("|")[2]) for label in labels.values()}
     assert psnr[module.ROWS["vq"]] != psnr[module.ROWS["sample"]]
 
