@@ -839,8 +839,9 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
               f"--vq-minutes {cfg.vq_minutes})", file=sys.stderr)
         return
 
-    train_ds = PairDataset(DataConfig(source=cfg.data, split="train", hr_size=cfg.vq_crop, scale=4,
-                                      crop="random", seed=cfg.seed), device="cpu").preload()
+    train_ds = require_every_dataset(PairDataset(DataConfig(
+        source=cfg.data, split="train", hr_size=cfg.vq_crop, scale=4, crop="random", seed=cfg.seed),
+        device="cpu"), "--vq-crop").preload()
     val_hr = vq_validation_batch(cfg)
     print(f"vq: {train_ds}; validation {tuple(val_hr.shape)}", file=sys.stderr)
 
@@ -999,8 +1000,9 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
     if clock.done(step):
         print(f"decoder: already done (step {step}, {seconds / 60:.1f} min)", file=sys.stderr)
         return
-    train_ds = PairDataset(DataConfig(source=cfg.data, split="train", hr_size=cfg.decoder_crop,
-                                      scale=4, crop="random", seed=cfg.seed), device="cpu").preload()
+    train_ds = require_every_dataset(PairDataset(DataConfig(
+        source=cfg.data, split="train", hr_size=cfg.decoder_crop, scale=4, crop="random", seed=cfg.seed),
+        device="cpu"), "--decoder-crop").preload()
 
     def save() -> None:
         atomic_save({"model": decoder_state(vqvae), "best": best, "best_val": best_val,
@@ -1057,12 +1059,30 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
 # --------------------------------------------------------------------------- stage 2: UNet
 
 
+def require_every_dataset(ds: PairDataset, option: str) -> PairDataset:
+    """Refuse to train on a data root when one of its datasets lost every image to the crop size
+    (PairDataset drops images smaller than ``hr_size`` with a warning, which a long run buries):
+    the run would go on without that dataset while its card names it as training data."""
+    if not all("/" in name for name in ds.classes):  # one dataset, not a root of several
+        return ds
+    datasets = {name.split("/", 1)[0] for name in ds.classes}
+    kept = {ds.classes[label].split("/", 1)[0] for label in ds.labels.unique().tolist()}
+    if datasets - kept:
+        crop = ds.config.hr_size
+        raise SystemExit(f"{option} {crop}: no training image of {', '.join(sorted(datasets - kept))} "
+                         f"has both sides >= {crop} px, so this stage would train without it; lower "
+                         f"{option} or point --data at the datasets to train on")
+    return ds
+
+
 @torch.no_grad()
 def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
                    limit: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Latents (float32) and LR images (uint8) of whole images of a split, one tensor per image."""
     ds = PairDataset(DataConfig(source=cfg.data, split=split, hr_size=cfg.unet_crop, scale=4,
                                 crop="full", seed=cfg.seed), device="cpu")
+    if split == "train":
+        require_every_dataset(ds, "--unet-crop")
     latents: list[torch.Tensor] = []
     lrs: list[torch.Tensor] = []
     groups = list(ds.indices_by_shape().values())

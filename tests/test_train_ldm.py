@@ -413,3 +413,22 @@ def test_init_from_a_diffusers_folder_fine_tunes_its_weights(train_ldm, syntheti
     scheduler_json.write_text(scheduler_json.read_text().replace('"scaled_linear"', '"linear"'))
     with pytest.raises(SystemExit, match="scheduler beta_schedule = 'linear'"):
         train_ldm.main(["--out", str(tmp_path / "bad"), "--init-from", str(other), *common])
+
+
+def test_a_dataset_lost_to_the_crop_size_stops_the_stage(train_ldm, synthetic_data, tmp_path):
+    """A data root whose second dataset has only 24 px images: a 16 px VQ crop keeps both, a 32 px
+    UNet crop would drop every image of it; that stage stops and names the dataset."""
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_data, root / "big")
+    for cls in ("fields", "roads"):
+        (root / "small" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (24, 24), (10 * i, 80, 160)).save(root / "small" / cls / f"{cls}{i:02d}.png")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="side shorter than hr_size=32"):
+        with pytest.raises(SystemExit, match=r"--unet-crop 32: no training image of small has both sides"):
+            train_ldm.main(_args(out, root, 1, 1))
+    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["step"] == 1  # the VQ stage kept both
+    # Without the small dataset the same command trains.
+    shutil.rmtree(root / "small")
+    assert train_ldm.main(_args(tmp_path / "run2", root, 1, 1, "--no-export")) == 0
