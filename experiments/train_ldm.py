@@ -782,6 +782,22 @@ def quantize(vqvae: torch.nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, tor
     return z_q, codes, indices
 
 
+def require_every_dataset(ds: PairDataset, option: str) -> PairDataset:
+    """Refuse to train on a data root when one of its datasets lost every image to the crop size
+    (PairDataset drops images smaller than ``hr_size`` with a warning, which a long run buries):
+    the run would go on without that dataset while its card names it as training data."""
+    if not all("/" in name for name in ds.classes):  # one dataset, not a root of several
+        return ds
+    datasets = {name.split("/", 1)[0] for name in ds.classes}
+    kept = {ds.classes[label].split("/", 1)[0] for label in ds.labels.unique().tolist()}
+    if datasets - kept:
+        crop = ds.config.hr_size
+        raise SystemExit(f"{option} {crop}: no training image of {', '.join(sorted(datasets - kept))} "
+                         f"has both sides >= {crop} px, so this stage would train without it; lower "
+                         f"{option} or point --data at the datasets to train on")
+    return ds
+
+
 def vq_validation_batch(cfg: TrainConfig) -> torch.Tensor:
     """Fixed validation images: center crops (128 px: AID's 150 px allows it) in [0, 1]."""
     ds = PairDataset(DataConfig(source=cfg.data, split="validation", hr_size=cfg.val_crop, scale=4,
@@ -1057,22 +1073,6 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
 
 
 # --------------------------------------------------------------------------- stage 2: UNet
-
-
-def require_every_dataset(ds: PairDataset, option: str) -> PairDataset:
-    """Refuse to train on a data root when one of its datasets lost every image to the crop size
-    (PairDataset drops images smaller than ``hr_size`` with a warning, which a long run buries):
-    the run would go on without that dataset while its card names it as training data."""
-    if not all("/" in name for name in ds.classes):  # one dataset, not a root of several
-        return ds
-    datasets = {name.split("/", 1)[0] for name in ds.classes}
-    kept = {ds.classes[label].split("/", 1)[0] for label in ds.labels.unique().tolist()}
-    if datasets - kept:
-        crop = ds.config.hr_size
-        raise SystemExit(f"{option} {crop}: no training image of {', '.join(sorted(datasets - kept))} "
-                         f"has both sides >= {crop} px, so this stage would train without it; lower "
-                         f"{option} or point --data at the datasets to train on")
-    return ds
 
 
 @torch.no_grad()
