@@ -40,7 +40,7 @@ from orl_gym.configs import CONFIG_DIR
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = ["ALGORITHMS", "FlattenDictObservation", "LDMSRFeatureExtractor", "TrainingMonitor", "build_agent",
-           "load_hyperparams", "plot_reward_curve", "save_model", "wrap_for"]
+           "hyperparams_entry", "load_hyperparams", "plot_reward_curve", "save_model", "wrap_for"]
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG,
@@ -96,6 +96,17 @@ def algorithm_class(algo: str) -> type[BaseAlgorithm]:
 
 def load_hyperparams(algo: str, preset: str | None = None, *, conf_file: str | Path | None = None) -> dict[str, Any]:
     """The hyperparameters of ``algo`` for an env preset (its own key, else the env id's)."""
+    _, table, key = _hyperparams_entry(algo, preset, conf_file)
+    return dict(table[key])
+
+
+def hyperparams_entry(algo: str, preset: str | None = None, *, conf_file: str | Path | None = None) -> str:
+    """The key of the entry :func:`load_hyperparams` reads: ``preset`` when the file has it, else
+    the env id (an env file passed by path has no entry of its own)."""
+    return _hyperparams_entry(algo, preset, conf_file)[2]
+
+
+def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | None) -> tuple[Path, dict, str]:
     algorithm_class(algo)
     path = Path(conf_file) if conf_file else CONFIG_DIR / "agents" / f"{algo}.yml"
     if not path.is_file():
@@ -104,7 +115,7 @@ def load_hyperparams(algo: str, preset: str | None = None, *, conf_file: str | P
         table = yaml.safe_load(f) or {}
     for key in (preset, ENV_ID):
         if key and key in table:
-            return dict(table[key])
+            return path, table, key
     raise ValueError(f"{path}: no entry for {preset!r} or {ENV_ID!r}; entries: {', '.join(table)}")
 
 

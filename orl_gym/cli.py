@@ -71,6 +71,7 @@ def train(args: argparse.Namespace) -> Path:
         TrainingMonitor,
         algorithm_class,
         build_agent,
+        hyperparams_entry,
         load_hyperparams,
         wrap_for,
     )
@@ -84,6 +85,10 @@ def train(args: argparse.Namespace) -> Path:
             config["timesteps"] = args.timesteps
     else:
         hyperparams = load_hyperparams(args.algo, args.env)
+        entry = hyperparams_entry(args.algo, args.env)
+        if entry != args.env:  # an env file by path, or a preset without its own entry
+            print(f"orl-gym: {args.algo} hyperparameters from agents/{args.algo}.yml entry {entry!r} (none for "
+                  f"{args.env!r}); --n-envs / --params override them", file=sys.stderr)
         for item in args.params or []:
             key, sep, value = item.partition("=")
             if not sep:

@@ -7,7 +7,7 @@ import pytest
 from stable_baselines3.common.evaluation import evaluate_policy
 
 import orl_gym
-from orl_gym.agents import ALGORITHMS, build_agent, load_hyperparams, wrap_for
+from orl_gym.agents import ALGORITHMS, build_agent, hyperparams_entry, load_hyperparams, wrap_for
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,15 @@ def test_each_algorithm_trains_and_evaluates(algo, venv, tmp_path):
     assert (tmp_path / "model.zip").is_file()
     mean_reward, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=4, deterministic=True)
     assert np.isfinite(mean_reward)
+
+
+def test_an_env_file_by_path_reads_the_env_id_entry():
+    # A preset has its own entry; an env file passed by path has none and falls back to the env
+    # id's (other n_envs / n_steps), which `orl-gym train` then says on the console.
+    assert hyperparams_entry("ppo", "tiny-x4") == "tiny-x4"
+    assert hyperparams_entry("ppo", "experiments/configs/tiny-x4-lpips-heavy.yml") == "orl_gym/LDMSR-v0"
+    assert load_hyperparams("ppo", "experiments/configs/tiny-x4-lpips-heavy.yml")["n_envs"] == 8
+    assert load_hyperparams("ppo", "tiny-x4")["n_envs"] == 64
 
 
 def test_unknown_algorithm_lists_the_known_ones():

@@ -37,6 +37,8 @@ def test_train_resume_and_evaluate(preset, tmp_path, capsys):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["algo"] == "ppo" and config["hyperparams"]["gamma"] == 0.99 and config["seed"] == 42
     assert config["hyperparams"]["n_steps"] == 16
+    # The env file has no hyperparameter entry of its own: the console says whose were used.
+    assert "hyperparameters from agents/ppo.yml entry 'orl_gym/LDMSR-v0'" in capsys.readouterr().err
 
     first = json.loads((run / "training.json").read_text())
     assert first["num_timesteps"] == 64 and len(first["segments"]) == 1 and first["wall_seconds"] > 0
