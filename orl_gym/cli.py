@@ -85,10 +85,6 @@ def train(args: argparse.Namespace) -> Path:
             config["timesteps"] = args.timesteps
     else:
         hyperparams = load_hyperparams(args.algo, args.env)
-        entry = hyperparams_entry(args.algo, args.env)
-        if entry != args.env:  # an env file by path, or a preset without its own entry
-            print(f"orl-gym: {args.algo} hyperparameters from agents/{args.algo}.yml entry {entry!r} (none for "
-                  f"{args.env!r}); --n-envs / --params override them", file=sys.stderr)
         for item in args.params or []:
             key, sep, value = item.partition("=")
             if not sep:
@@ -100,6 +96,11 @@ def train(args: argparse.Namespace) -> Path:
         run_dir = Path(args.run_dir or DEFAULT_RUNS / f"{args.algo}-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ValueError(f"--run-dir: {run_dir} exists and is not empty; use --resume {run_dir} to continue")
+        # Said once the input is known good (a bad preset or run folder is a one-line error).
+        entry = hyperparams_entry(args.algo, args.env)
+        if entry != args.env:  # an env file by path, or a preset without its own entry
+            print(f"orl-gym: {args.algo} hyperparameters from agents/{args.algo}.yml entry {entry!r} (none for "
+                  f"{args.env!r}); --n-envs / --params override them", file=sys.stderr)
         config = {"algo": args.algo, "env": args.env, "env_kwargs": env_kwargs, "hyperparams": hyperparams,
                   "seed": args.seed, "timesteps": timesteps, "n_envs": n_envs,
                   "eval_freq": args.eval_freq, "eval_images": args.eval_images}
