@@ -1197,7 +1197,8 @@ def objective_changes(ckpt: dict | None, cfg: TrainConfig, step: int) -> list[di
          "lowfreq_pool": saved.get("unet_lowfreq_pool", 4),
          "input_perturbation": saved.get("unet_input_perturbation", 0.0)}])
     # Entries written before input perturbation existed had none (i.e. 0).
-    last = {k: {"input_perturbation": 0.0, **changes[-1]}[k] for k in current}
+    previous = {"input_perturbation": 0.0, **changes[-1]}
+    last = {k: previous[k] for k in current}
     if last != current:
         print(f"unet: objective changes at step {step}: low-frequency weight "
               f"{last['lowfreq_weight']:g} -> {current['lowfreq_weight']:g} (pool "

@@ -96,17 +96,18 @@ def algorithm_class(algo: str) -> type[BaseAlgorithm]:
 
 def load_hyperparams(algo: str, preset: str | None = None, *, conf_file: str | Path | None = None) -> dict[str, Any]:
     """The hyperparameters of ``algo`` for an env preset (its own key, else the env id's)."""
-    _, table, key = _hyperparams_entry(algo, preset, conf_file)
+    table, key = _hyperparams_entry(algo, preset, conf_file)
     return dict(table[key])
 
 
 def hyperparams_entry(algo: str, preset: str | None = None, *, conf_file: str | Path | None = None) -> str:
     """The key of the entry :func:`load_hyperparams` reads: ``preset`` when the file has it, else
     the env id (an env file passed by path has no entry of its own)."""
-    return _hyperparams_entry(algo, preset, conf_file)[2]
+    return _hyperparams_entry(algo, preset, conf_file)[1]
 
 
-def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | None) -> tuple[Path, dict, str]:
+def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | None) -> tuple[dict, str]:
+    """(the algorithm's hyperparameter table, the key of the entry used)."""
     algorithm_class(algo)
     path = Path(conf_file) if conf_file else CONFIG_DIR / "agents" / f"{algo}.yml"
     if not path.is_file():
@@ -115,7 +116,7 @@ def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | No
         table = yaml.safe_load(f) or {}
     for key in (preset, ENV_ID):
         if key and key in table:
-            return path, table, key
+            return table, key
     raise ValueError(f"{path}: no entry for {preset!r} or {ENV_ID!r}; entries: {', '.join(table)}")
 
 
