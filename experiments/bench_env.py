@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny-x4", help="env preset (default: tiny-x4)")
     parser.add_argument("--model", default=None, help="override the preset's model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="the model's precision (default: the preset's; float16 / bfloat16 need CUDA)")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--steps", type=int, default=20, help="timed batched steps per N")
     parser.add_argument("--repeats", type=int, default=3, help="episodes for the machinery ratio")
@@ -170,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
     kwargs = env_preset(args.preset)
     kwargs["device"] = args.device
-    if args.device == "cpu":
+    if args.dtype not in (None, "float32") and not args.device.startswith("cuda"):
+        parser.error(f"--dtype {args.dtype} needs --device cuda (CPU convolutions run in float32)")
+    if args.dtype:
+        kwargs["dtype"] = args.dtype
+    elif args.device == "cpu":
         kwargs["dtype"] = "float32"
     if args.model:
         kwargs["model"] = args.model
@@ -178,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = [bench_threads(threads, kwargs, args)
                 for threads in (args.threads or [torch.get_num_threads()])]
     write_report(args.out, [
-        f"# Env throughput ({args.preset}, {kwargs['model']}, {args.device})",
+        f"# Env throughput ({args.preset}, {kwargs['model']}, {args.device}, {kwargs.get('dtype', 'float32')})",
         "",
         f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine}",

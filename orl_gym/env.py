@@ -83,7 +83,9 @@ class EnvConfig:
             ``orl_gym.postprocess``).
         device, dtype: where the model runs and in what precision. ``"float32"`` is IEEE float32
             on CUDA too (TF32 off while the env computes, ``orl_gym.precision``), so a batch
-            of N equals N single envs; ``"float16"`` / ``"bfloat16"`` trade that for speed.
+            of N equals N single envs; ``"float16"`` / ``"bfloat16"`` (CUDA only) trade that for
+            speed on large models (the bundled tiny one gains little: experiments/results/gpu/).
+            The reward's metrics are computed in float32 either way.
     """
 
     model: Any = "bundled"
@@ -379,8 +381,12 @@ def final_latents(state: EnvState, terminated: torch.Tensor) -> torch.Tensor:
 
 
 def output_images(params: EnvParams, latents: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-    """Decoded latents in [0, 1] after the configured ``output_fix``: the images the env scores."""
-    return postprocess.apply_output_fix(params.config.output_fix, sampler.decode(params.model, latents), lr)
+    """Decoded latents in [0, 1] after the configured ``output_fix``: the images the env scores.
+
+    Always float32: under a float16 / bfloat16 model the decode runs in the model's precision, but
+    the fix and the reward's metrics (bicubic downsampling, sums of squares) do not."""
+    decoded = sampler.decode(params.model, latents).float()
+    return postprocess.apply_output_fix(params.config.output_fix, decoded, lr)
 
 
 @ieee_float32

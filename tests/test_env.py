@@ -146,6 +146,35 @@ def test_batched_env_equals_single_envs(env_kwargs, device):
             _assert_same(obs, {k: v[i] for k, v in b_obs.items()})
 
 
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_on_cuda_scores_in_float32(env_kwargs, dtype):
+    """A float16 / bfloat16 model (``EnvConfig.dtype``) runs whole episodes with every reward term
+    (LR consistency, per-step shaping, guidance on): finite float32 metrics, close to float32's."""
+    reward = {**NO_LPIPS, "lr_consistency_weight": 0.1, "shaping_weight": 1.0}
+    actions = np.random.default_rng(2).uniform(-1, 1, size=(6, 3, 4)).astype(np.float32)
+    actions[:, :, 0] = -1.0  # stride 1: every row runs the whole 6-step schedule
+    actions[:, :, 3] = 1.0  # full guidance: its decode and downsampling run in the model dtype
+    psnr = {}
+    for run_dtype in (torch.float32, dtype):
+        model = copy.deepcopy(env_kwargs["model"]).to("cuda", run_dtype)
+        venv = gym.make_vec(orl_gym.ENV_ID, num_envs=3, vectorization_mode="vector_entry_point",
+                            **{**env_kwargs, "model": model, "device": "cuda", "reward": reward})
+        venv.reset(seed=5)
+        for step_actions in actions:
+            _, rewards, terminated, truncated, info = venv.step(step_actions)
+            assert np.isfinite(rewards).all() and rewards.dtype == np.float32, (run_dtype, rewards)
+        assert terminated.all() and not truncated.any()
+        for key in ("psnr", "ssim", "lr_consistency", "bicubic_psnr", "reward"):
+            assert np.isfinite(info["final_info"][key]).all(), (run_dtype, key, info["final_info"])
+        psnr[run_dtype] = info["final_info"]["psnr"]
+    # Same seeds, same actions: half precision moves an image's PSNR by rounding, not by dBs.
+    np.testing.assert_allclose(psnr[dtype], psnr[torch.float32], atol=0.5)
+
+
 def test_bad_actions(env_kwargs):
     env = gym.make(orl_gym.ENV_ID, **env_kwargs)
     env.reset(seed=0)

@@ -109,6 +109,13 @@ def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path
     bounds = [line for line in text.splitlines() if line.startswith("- ") and "MFLOP per env step" in line]
     assert len(bounds) == 2  # random actions and the plain action
     assert all("GFLOP/s" in line and "ceiling" in line for line in bounds)
+    assert text.splitlines()[0].endswith(", cpu, float32)")  # the heading names device and dtype
+
+
+def test_bench_env_refuses_half_precision_without_cuda(preset, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script("bench_env").main(["--preset", str(preset), "--dtype", "bfloat16"])
+    assert exit_info.value.code == 2 and "--dtype bfloat16 needs --device cuda" in capsys.readouterr().err
 
 
 def test_bench_rewards_times_loop_and_batch_and_states_the_bound(lpips_cache, tmp_path, monkeypatch):

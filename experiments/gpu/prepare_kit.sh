@@ -4,10 +4,11 @@
 #
 #   ORL_GYM_DATA=../shared/data bash experiments/gpu/prepare_kit.sh      # here, where pip works
 #
-# The kit holds (about 20 MB, under the 64 MiB a device call can carry):
+# The kit holds (about 28 MB: with the checkout's ~34 MB of tracked files, under the 64 MiB a
+# device call can carry):
 #   wheels/  pure-Python wheels of the dependencies the GPU image lacks, at the versions of this
 #            checkout's .venv (no dependencies of theirs: the image has torch, numpy, scipy, ...)
-#   data/    the first 8 images of every class of every dataset under $ORL_GYM_DATA
+#   data/    the first 4 images of every class of every dataset under $ORL_GYM_DATA
 #   cache/lpips/alexnet.pth   the converted LPIPS backbone (`orl-gym fetch-weights`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,7 +45,7 @@ data, stage = Path(sys.argv[1]), Path(sys.argv[2])
 for class_dir in sorted(p for p in data.glob("*/*") if p.is_dir()):
     target = stage / "data" / class_dir.relative_to(data)
     target.mkdir(parents=True)
-    for image in sorted(p for p in class_dir.iterdir() if p.is_file())[:8]:
+    for image in sorted(p for p in class_dir.iterdir() if p.is_file())[:4]:
         shutil.copy2(image, target)
 fetch_lpips_weights("alex")  # a no-op when the user cache already holds verified weights
 shutil.copy2(cached_weights_path("alex"), stage / "cache" / "lpips")

@@ -6,7 +6,8 @@
 #
 # .gpu_kit/ comes from experiments/gpu/prepare_kit.sh. Results go to $OUT (the device tool's
 # output folder) or else experiments/results/gpu/: gpu.txt (the card), pytest_cuda.log,
-# bench_rewards_cuda.md, bench_env_cuda.md and their logs, smoke_cuda.log. Each part has its own
+# bench_rewards_cuda.md, bench_env_cuda.md (float32), bench_env_cuda_float16.md,
+# bench_env_cuda_bfloat16.md and their logs, smoke_cuda.log. Each part has its own
 # time limit (PART_LIMIT_S, seconds), so the whole call stays under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +27,11 @@ part "$PYTHON" experiments/bench_rewards.py --device cuda --malloc inherit --rep
     --output "$OUT/bench_rewards_cuda.md" 2>&1 | tee "$OUT/bench_rewards.log" || status=1
 part "$PYTHON" experiments/bench_env.py --device cuda --num-envs 1 8 64 256 \
     --out "$OUT/bench_env_cuda.md" 2>&1 | tee "$OUT/bench_env.log" || status=1
+# The same env in half precision (EnvConfig.dtype): does it pay on this card?
+for dtype in float16 bfloat16; do
+    part "$PYTHON" experiments/bench_env.py --device cuda --dtype "$dtype" --num-envs 1 64 256 \
+        --out "$OUT/bench_env_cuda_$dtype.md" 2>&1 | tee -a "$OUT/bench_env.log" || status=1
+done
 # The training entry points on CUDA, a few steps each on the kit's images (does --device cuda
 # work end to end: training steps on the GPU, checkpoints, export, PPO with the batched env).
 SMOKE=$(mktemp -d)
