@@ -34,11 +34,19 @@ def _fail(message: str) -> int:
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from orl_gym.configs import env_preset
 
-    kwargs = env_preset(args.env)
+    return _with_overrides(env_preset(args.env), args)
+
+
+def _with_overrides(kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Env kwargs after the command line's --model / --data / --device / --output-fix, then --env-kwargs."""
+    from orl_gym.configs import apply_env_overrides
+
+    kwargs = dict(kwargs)
     for key in ("model", "data", "device", "output_fix"):
         value = getattr(args, key, None)
         if value is not None:
             kwargs[key] = value
+    kwargs = apply_env_overrides(kwargs, getattr(args, "env_overrides", None) or [])
     if kwargs.get("device", "cpu") == "cpu":
         kwargs["dtype"] = "float32"
     return kwargs
@@ -175,9 +183,8 @@ def evaluate(args: argparse.Namespace) -> Path:
         raise ValueError(f"{target}: no such run folder or model file")
     if not model_path.is_file():
         raise ValueError(f"{model_path}: missing; train first (orl-gym train) or pass a model .zip")
-    for key in ("device", "output_fix"):
-        if getattr(args, key, None):
-            env_kwargs[key] = getattr(args, key)
+    if target.is_dir():  # the run's env, with what the command line changes (a .zip's had them applied)
+        env_kwargs = _with_overrides(env_kwargs, args)
     model = algorithm_class(algo).load(model_path, device="cpu")
     actions = ActionConfig(**env_kwargs.get("actions", {}))
     common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
@@ -278,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-fix", choices=OUTPUT_FIXES,
                        help="override the preset's output_fix: correct each decoded image from its own LR "
                        "input before it is scored (orl_gym.postprocess)")
+        p.add_argument("--env-kwargs", nargs="+", metavar="KEY=VALUE", dest="env_overrides",
+                       help="override any env argument, applied last; dotted keys change one field of reward "
+                       "or actions, e.g. reward.lpips_weight=0.4 reward.efficiency_weight=0 hr_size=128")
 
     p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)")
     p.add_argument("--algo", default="ppo", help=f"one of {', '.join(ALGORITHMS)}")

@@ -77,11 +77,28 @@ def test_train_resume_and_evaluate(preset, tmp_path, capsys):
     (["train", "--algo", "dqn"], "algorithms: ppo, a2c"),
     (["train", "--env", "no-such-preset"], "presets: resisc45-x4, tiny-x4"),
     (["evaluate", "/no/such/run"], "no such run folder or model file"),
+    (["train", "--env-kwargs", "reward.lpips_wieght=0.4"], "unknown reward field 'lpips_wieght'"),
 ])
 def test_bad_input_gives_one_line(args, expected, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
+
+
+def test_env_kwargs_reach_the_run_and_its_evaluation(preset, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--env", str(preset), "--timesteps", "32", "--n-envs", "2", "--params", "n_steps=16",
+                 "batch_size=32", "--eval-freq", "32", "--eval-images", "2", "--run-dir", str(run), "--no-progress",
+                 "--env-kwargs", "reward.efficiency_weight=0", "num_inference_steps=6"]) == 0
+    env_kwargs = yaml.safe_load((run / "config.yaml").read_text())["env_kwargs"]
+    assert env_kwargs["num_inference_steps"] == 6
+    assert env_kwargs["reward"] == {"lpips_net": None, "lpips_weight": 0.0, "efficiency_weight": 0}
+    # Evaluating the run starts from its env and applies the command line's overrides on top.
+    assert main(["evaluate", str(run), "--no-grid", "--n-envs", "2", "--grid-images", "1",
+                 "--env-kwargs", "reward.psnr_weight=1"]) == 0
+    evaluated = yaml.safe_load((run / "evaluation" / "config.yaml").read_text())["env_kwargs"]
+    assert evaluated["reward"] == {**env_kwargs["reward"], "psnr_weight": 1}
+    assert evaluated["num_inference_steps"] == 6
 
 
 def test_unknown_category_lists_the_classes(preset, tmp_path, capsys):

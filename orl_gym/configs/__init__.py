@@ -5,12 +5,15 @@ layout, algorithm hyperparameters (``agents/*.yml``). The checkout's top-level `
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_DIR", "env_preset", "env_presets"]
+__all__ = ["CONFIG_DIR", "apply_env_overrides", "env_preset", "env_presets"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -33,3 +36,58 @@ def env_preset(name_or_path: str | Path) -> dict[str, Any]:
     if not isinstance(kwargs, dict):
         raise ValueError(f"env preset: {path} must hold a mapping of env arguments")
     return kwargs
+
+
+def apply_env_overrides(kwargs: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of env ``kwargs`` with ``KEY=VALUE`` overrides applied, as ``orl-gym --env-kwargs``.
+
+    Values are parsed as YAML (``0.4``, ``null``, ``[stride, eta]``). A dotted key reaches into the
+    ``reward`` or ``actions`` mapping and changes that one field (``reward.lpips_weight=0.4``,
+    ``actions.max_stride=2``); a plain key replaces the whole argument (``hr_size=128``). Keys are
+    checked against ``EnvConfig``, ``RewardConfig`` and ``ActionConfig``, and the result is
+    validated the way ``gym.make`` would (no model or data is loaded), so a typo or a bad value is
+    a ``ValueError`` that names it, not a failure minutes into a run.
+    """
+    from orl_gym.actions import ActionConfig
+    from orl_gym.env import EnvConfig
+    from orl_gym.rewards import RewardConfig
+
+    def names(cls: type) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def check_number(cls: type, field: str, key: str, value: Any, text: str) -> None:
+        # A field whose default is a number takes a number: "0.4" parses to one, "high" does not.
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == field)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not is_number:
+            raise ValueError(f"--env-kwargs: {key} takes a number, got {text!r}")
+
+    nested = {"reward": RewardConfig, "actions": ActionConfig}
+    overrides = list(overrides)
+    result = copy.deepcopy(dict(kwargs))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-kwargs: expected KEY=VALUE, got {item!r}")
+        value = yaml.safe_load(text)
+        head, dot, field = key.partition(".")
+        if head not in names(EnvConfig):
+            raise ValueError(f"--env-kwargs: unknown env argument {head!r}; accepted: {', '.join(names(EnvConfig))}")
+        if not dot:
+            check_number(EnvConfig, head, key, value, text)
+            result[head] = value
+            continue
+        if head not in nested:
+            raise ValueError(f"--env-kwargs: {key!r}: only reward.* and actions.* take dotted keys")
+        if field not in names(nested[head]):
+            raise ValueError(f"--env-kwargs: unknown {head} field {field!r}; accepted: {', '.join(names(nested[head]))}")
+        check_number(nested[head], field, key, value, text)
+        current = result.get(head) or {}
+        if dataclasses.is_dataclass(current):
+            current = dataclasses.asdict(current)
+        result[head] = {**current, field: value}
+    try:
+        EnvConfig.from_kwargs(**result)
+    except TypeError as err:  # a value of the wrong type that the number check above cannot see
+        raise ValueError(f"--env-kwargs {' '.join(overrides)}: {err}") from err
+    return result
