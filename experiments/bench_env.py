@@ -25,6 +25,7 @@ import torch
 from orl_gym.actions import encode_params
 from orl_gym.configs import env_preset
 from orl_gym.io import machine_description, rerun_command, write_report
+from orl_gym.precision import ieee_float32
 from orl_gym.profiling import ComputeBound, count_flops, matmul_gflops
 from orl_gym.sampler import vq_decode
 from orl_gym.vector import LDMSuperResolutionVectorEnv
@@ -66,6 +67,22 @@ def flops_per_env_step(env: LDMSuperResolutionVectorEnv, *, steps: int, seed: in
     return total / (env.num_envs * steps)
 
 
+@ieee_float32  # the precision the env computes in: with TF32 allowed, CUDA's model work would be cheaper
+def _model_work_seconds(env: LDMSuperResolutionVectorEnv) -> float:
+    """Seconds of one episode's model work for the env's batch: K UNet calls and one VQ decode."""
+    params, state = env.params, env.state.sampler
+    latents = torch.randn_like(state.latents)
+    unet_input = torch.cat([latents, state.lr * 2 - 1], dim=1)
+    t = params.schedule.timesteps[0].expand(env.num_envs)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(len(params.schedule)):
+            params.model.unet(unet_input, t)
+        vq_decode(params.model, latents)  # the decode the env uses (same values as vqvae.decode, faster)
+        _sync(params.device)
+    return time.perf_counter() - start
+
+
 def machinery_ratio(env: LDMSuperResolutionVectorEnv, *, repeats: int) -> tuple[float, float, float]:
     """(episode seconds, model-work seconds, ratio), medians over ``repeats``."""
     params = env.params
@@ -81,17 +98,7 @@ def machinery_ratio(env: LDMSuperResolutionVectorEnv, *, repeats: int) -> tuple[
         _sync(params.device)
         episode.append(time.perf_counter() - start)
 
-        state = env.state.sampler
-        latents = torch.randn_like(state.latents)
-        unet_input = torch.cat([latents, state.lr * 2 - 1], dim=1)
-        t = params.schedule.timesteps[0].expand(env.num_envs)
-        with torch.no_grad():
-            start = time.perf_counter()
-            for _ in range(len(params.schedule)):
-                params.model.unet(unet_input, t)
-            vq_decode(params.model, latents)  # the decode the env uses (same values as vqvae.decode, faster)
-            _sync(params.device)
-        work.append(time.perf_counter() - start)
+        work.append(_model_work_seconds(env))
     episode_s, work_s = statistics.median(episode), statistics.median(work)
     return episode_s, work_s, episode_s / work_s
 

@@ -112,6 +112,23 @@ def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path
     assert text.splitlines()[0].endswith(", cpu, float32)")  # the heading names device and dtype
 
 
+def test_profile_env_breaks_an_episode_into_stages_and_restores_the_env(preset, tmp_path):
+    import orl_gym.sampler
+    import orl_gym.vector
+
+    originals = orl_gym.vector.step_batch, orl_gym.sampler.step
+    out = tmp_path / "profile.md"
+    assert _script("profile_env").main(["--preset", str(preset), "--num-envs", "2", "--episodes", "1",
+                                        "--out", str(out)]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| stage")}
+    # 4 steps per episode (the preset's schedule), two resets (the first and the autoreset).
+    assert int(rows["env: step"][0]) == 4 and int(rows["sampler: step (UNet + DDIM)"][0]) == 4
+    assert int(rows["env: reset rows"][0]) == 2 and int(rows["reward: final"][0]) == 1
+    assert float(rows["env: step"][1]) >= float(rows["sampler: step (UNet + DDIM)"][1]) > 0  # stages nest
+    assert (orl_gym.vector.step_batch, orl_gym.sampler.step) == originals  # the labels are gone
+
+
 def test_bench_env_refuses_half_precision_without_cuda(preset, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _script("bench_env").main(["--preset", str(preset), "--dtype", "bfloat16"])
