@@ -29,9 +29,11 @@ import torch
 
 from orl_gym.sampler import StepParams
 
-__all__ = ["PARAMETERS", "ActionConfig", "DecodedAction", "decode_action", "encode_params"]
+__all__ = ["PARAMETERS", "PLAIN_DDIM", "ActionConfig", "DecodedAction", "decode_action", "encode_params"]
 
 PARAMETERS = ("stride", "eta", "noise_scale", "guidance")
+PLAIN_DDIM = {"stride": 1, "eta": 0.0, "noise_scale": 1.0, "guidance": 0.0}
+"""The parameters of the default sampler step; ``ActionConfig.defaults`` starts from these."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,7 @@ class ActionConfig:
     noise_scale_range: tuple[float, float] = (0.0, 2.0)
     guidance_range: tuple[float, float] = (0.0, 1.0)
     guidance_off_fraction: float = 0.5
-    defaults: Mapping[str, float] = field(
-        default_factory=lambda: {"stride": 1, "eta": 0.0, "noise_scale": 1.0, "guidance": 0.0}
-    )
+    defaults: Mapping[str, float] = field(default_factory=lambda: dict(PLAIN_DDIM))
 
     def __post_init__(self) -> None:
         parameters = tuple(self.parameters)
@@ -67,6 +67,19 @@ class ActionConfig:
             raise ValueError(f"guidance_off_fraction: expected a value in [0, 1), got {self.guidance_off_fraction}")
         if self.eta_range[1] > 1.0:
             raise ValueError(f"eta_range: eta must stay in [0, 1], got {self.eta_range}")
+        # A partial mapping changes only what it names; each default must be a value the
+        # parameter can take (guidance: 0 = off, or inside its range).
+        unknown = sorted(set(self.defaults) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"defaults: unknown parameters {unknown}; parameters: {PARAMETERS}")
+        defaults = {**PLAIN_DDIM, **{k: float(v) for k, v in self.defaults.items()}}
+        object.__setattr__(self, "defaults", defaults)
+        for name, value in defaults.items():
+            low, high = self.range_of(name)
+            if name == "stride" and value != int(value):
+                raise ValueError(f"defaults: stride must be an integer, got {value}")
+            if not (low <= value <= high or (name == "guidance" and value == 0.0)):
+                raise ValueError(f"defaults: {name} = {value} is outside its range [{low}, {high}]")
 
     @property
     def size(self) -> int:
@@ -134,20 +147,22 @@ def encode_params(config: ActionConfig, **values: float) -> np.ndarray:
     for name in config.parameters:
         value = float(values.get(name, config.defaults[name]))
         low, high = config.range_of(name)
-        if not low <= value <= high:
-            raise ValueError(f"{name}: {value} is outside its range [{low}, {high}]")
-        if name == "stride":
-            if value != int(value):
-                raise ValueError(f"stride: expected an integer, got {value}")
-            unit = (value - 0.5) / config.max_stride  # the middle of its bin
-        elif name == "guidance":
+        if name == "guidance":  # 0 (off) is a value of its own, whatever the "on" range
             off = config.guidance_off_fraction
             if value == 0.0:
                 unit = off / 2.0  # the middle of the off zone
-            else:
-                if value <= low:
-                    raise ValueError(f"guidance: {value} must be 0 (off) or in ({low}, {high}]")
+            elif low == high == value:
+                unit = off + (1.0 - off) / 2.0  # a one-point "on" range: the middle of the on zone
+            elif low < value <= high:
                 unit = off + (value - low) / (high - low) * (1.0 - off)
+            else:
+                raise ValueError(f"guidance: {value} must be 0 (off) or in ({low}, {high}]")
+        elif not low <= value <= high:
+            raise ValueError(f"{name}: {value} is outside its range [{low}, {high}]")
+        elif name == "stride":
+            if value != int(value):
+                raise ValueError(f"stride: expected an integer, got {value}")
+            unit = (value - 0.5) / config.max_stride  # the middle of its bin
         else:
             unit = 0.5 if high == low else (value - low) / (high - low)
         action[config.parameters.index(name)] = 2.0 * unit - 1.0

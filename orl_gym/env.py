@@ -8,6 +8,7 @@ with a batch of one; ``orl_gym.vector`` runs them with N, so both share every li
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -23,7 +24,7 @@ from gymnasium import spaces
 from orl_gym import ENV_ID, postprocess, sampler
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action
 from orl_gym.data import DataConfig, PairDataset
-from orl_gym.models import LDMSR, load_ldmsr
+from orl_gym.models import LDMSR, load_ldmsr, resolve_dtype
 from orl_gym.precision import ieee_float32
 from orl_gym.rewards import RewardConfig, RewardModel, RewardOutput
 
@@ -122,8 +123,10 @@ class EnvConfig:
             raise ValueError(f"max_images: expected >= 1 or None, got {self.max_images}")
         if self.step_budget is not None and int(self.step_budget) < 1:
             raise ValueError(f"step_budget: expected >= 1 or None, got {self.step_budget}")
-        if self.guidance_cost is not None and not self.guidance_cost >= 0:
-            raise ValueError(f"guidance_cost: expected >= 0 or None, got {self.guidance_cost}")
+        if self.guidance_cost is not None and not (math.isfinite(self.guidance_cost) and self.guidance_cost >= 0):
+            raise ValueError(f"guidance_cost: expected a finite value >= 0 or None, got {self.guidance_cost}")
+        if not 0.0 <= self.gamma <= 1.0:  # also False for NaN
+            raise ValueError(f"gamma: expected a discount in [0, 1], got {self.gamma}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EnvConfig:
@@ -183,11 +186,34 @@ class EnvParams:
         return (self.model.latent_channels, *self.lr_shape[1:])
 
 
+def _check_model_placement(model: LDMSR, config: EnvConfig) -> None:
+    """An ``LDMSR`` object runs where it is: ``device`` and ``dtype`` must say the same, since the
+    dataset and the reward networks are placed by them (a mismatch would fail deep in torch)."""
+    want = torch.device(config.device)
+    if model.device.type != want.type or (want.index is not None and model.device.index != want.index):
+        raise ValueError(f"model: the LDMSR object is on {model.device}, but device={config.device!r}; pass "
+                         f"device={str(model.device)!r} or move the model with model.to({config.device!r})")
+    if model.dtype != resolve_dtype(config.dtype, model.device):
+        raise ValueError(f"model: the LDMSR object is {model.dtype}, but dtype={config.dtype!r}; pass "
+                         f"dtype={str(model.dtype).removeprefix('torch.')!r} or convert it with model.to(dtype=...)")
+
+
 def build_params(config: EnvConfig) -> EnvParams:
     """Load (or reuse) the model, dataset and reward networks an ``EnvConfig`` names."""
     device = str(torch.device(config.device))
-    model = config.model if isinstance(config.model, LDMSR) else _cached_model(str(config.model), device, config.dtype)
+    if isinstance(config.model, LDMSR):
+        model = config.model
+        _check_model_placement(model, config)
+    else:
+        model = _cached_model(str(config.model), device, config.dtype)
     scale = model.scale_factor
+    if config.hr_size % model.hr_multiple:
+        # Caught here: otherwise the UNet's skip connections fail on mismatched sizes deep in torch.
+        fit = max(model.hr_multiple, round(config.hr_size / model.hr_multiple) * model.hr_multiple)
+        raise ValueError(
+            f"hr_size: {config.hr_size} px does not fit this model: HR sides must be multiples of "
+            f"{model.hr_multiple} (its x{scale} autoencoder times the UNet's downsampling); try hr_size={fit}"
+        )
     if config.crop == "full":
         raise ValueError("crop: 'full' gives images of different sizes; the env needs one size: use 'center' or 'random'")
     if isinstance(config.data, PairDataset):
@@ -374,6 +400,15 @@ class StepResult:
     final_reward: RewardOutput | None = None  # their RewardModel.final output (device tensors)
 
 
+INTEGER_METRICS = frozenset({"unet_calls", "guidance_evals", "image_index", "label"})
+"""Final metrics that count or index: float columns in ``StepResult.final_metrics`` (NaN marks
+the rows that did not finish), ints in the infos the envs hand out."""
+
+
+def _metric_value(name: str, value: float) -> int | float:
+    return int(value) if name in INTEGER_METRICS else float(value)
+
+
 def final_latents(state: EnvState, terminated: torch.Tensor) -> torch.Tensor:
     """What an episode's image is: z_0 where the schedule ended, else the last x0 prediction."""
     s = state.sampler
@@ -468,14 +503,17 @@ class LDMSuperResolutionEnv(gym.Env):
     ## Action Space
 
     ``Box(-1, 1, (k,), float32)``, one coordinate per active parameter of ``ActionConfig``
-    (default all four, in this order), each mapped linearly onto its range:
+    (default all four, in this order; ``orl_gym.actions`` has the exact maps):
 
-    | Num | Parameter   | Range (default) | Effect                                                  |
-    |-----|-------------|-----------------|---------------------------------------------------------|
-    | 0   | stride      | 1 .. 4          | schedule entries to advance (k skips k - 1 UNet calls)  |
-    | 1   | eta         | 0 .. 1          | DDIM stochasticity                                      |
-    | 2   | noise_scale | 0 .. 2          | multiplier of the fresh noise                           |
-    | 3   | guidance    | 0 .. 1          | LR-consistency guidance (fraction of LR error removed)  |
+    | Num | Parameter   | Range (default) | Map from a in [-1, 1]                  | Effect                                                 |
+    |-----|-------------|-----------------|----------------------------------------|--------------------------------------------------------|
+    | 0   | stride      | 1 .. 4          | equal-width bins, one per stride       | schedule entries to advance (k skips k - 1 UNet calls) |
+    | 1   | eta         | 0 .. 1          | linear                                 | DDIM stochasticity                                     |
+    | 2   | noise_scale | 0 .. 2          | linear                                 | multiplier of the fresh noise                          |
+    | 3   | guidance    | off, or 0 .. 1  | off on the lower half, then linear     | LR-consistency guidance (fraction of LR error removed) |
+
+    Inactive parameters take ``ActionConfig.defaults`` (stride 1, eta 0, noise scale 1, guidance
+    off: plain DDIM), and so does ``orl_gym.actions.encode_params(config)`` as an action.
 
     NaN or inf raise ValueError; finite values outside [-1, 1] are clipped, and
     ``info["action_clipped"]`` counts the clipped coordinates.
@@ -506,12 +544,13 @@ class LDMSuperResolutionEnv(gym.Env):
 
     Terminated when the schedule reaches t = 0 (at most K steps, fewer with strides > 1).
     Truncated when ``step_budget`` steps are spent first; the image is then the decoded
-    last x0 prediction, and it is scored the same way.
+    last x0 prediction, and it is scored the same way. ``step()`` after either raises until
+    ``reset()`` (the image is paid once).
 
     ## Arguments
 
     ``gym.make("orl_gym/LDMSR-v0", **kwargs)`` with the fields of ``EnvConfig`` (model, data,
-    split, categories, hr_size, crop, image_order, num_inference_steps, step_budget,
+    split, categories, hr_size, crop, image_order, max_images, num_inference_steps, step_budget,
     guidance_cost, actions, reward, output_fix, device, dtype, gamma) and ``render_mode="rgb_array"``.
     """
 
@@ -527,9 +566,11 @@ class LDMSuperResolutionEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (self.params.actions.size,), np.float32)
         self.state: EnvState | None = None
         self.last_step: StepResult | None = None  # device tensors of the last step, for wrappers
+        self._episode_over = False
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        self._episode_over = False
         if seed is not None or self.state is None:
             data_gen, noise_gen = make_seeded_generators(self.np_random, self.params.device)
             self.state = reset_rows(self.params, None, [0], data_generators=[data_gen], noise_generators=[noise_gen])
@@ -545,6 +586,9 @@ class LDMSuperResolutionEnv(gym.Env):
     def step(self, action):
         if self.state is None:
             raise RuntimeError("step() before reset(): call env.reset() first")
+        if self._episode_over:
+            # Stepping on would score (and pay) the finished image again, or run a truncated one on.
+            raise RuntimeError("step() after the episode ended (terminated or truncated): call env.reset()")
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
             raise ValueError(f"action: expected shape {self.action_space.shape}, got {action.shape}")
@@ -554,7 +598,8 @@ class LDMSuperResolutionEnv(gym.Env):
         info: dict[str, Any] = {"action_clipped": int(result.action_clipped[0]),
                                 "unet_calls": int(self.state.sampler.nfe[0]),
                                 "timestep": int(self.state.sampler.timestep(self.params.schedule)[0])}
-        info.update({k: float(v[0]) for k, v in result.final_metrics.items()})
+        info.update({k: _metric_value(k, v[0]) for k, v in result.final_metrics.items()})
+        self._episode_over = bool(result.terminated[0] or result.truncated[0])
         return (obs, float(result.reward[0]), bool(result.terminated[0]), bool(result.truncated[0]), info)
 
     def render(self):

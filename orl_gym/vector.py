@@ -14,6 +14,7 @@ single envs ``reset(seed=s + i)``; the batch then reproduces them row by row.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from orl_gym.env import (
+    INTEGER_METRICS,
     EnvConfig,
     EnvState,
     build_params,
@@ -58,6 +60,8 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
     def __init__(self, num_envs: int = 1, render_mode: str | None = None, **kwargs: Any) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
         self.config = EnvConfig.from_kwargs(**kwargs)
@@ -83,10 +87,14 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
             self.state = reset_rows(self.params, self.state, rows)
         return observe(self.params, self.state), self._reset_info()
 
-    def _reset_info(self) -> dict[str, Any]:
+    def _reset_info(self, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """The new episodes' info (which image), with Gymnasium's ``_key`` masks: for every row, or,
+        after a same-step autoreset, for ``rows`` only."""
         labels = self.state.labels.numpy()
-        return {"image_index": self.state.image_index.numpy().copy(), "label": labels.copy(),
+        mask = np.ones(self.num_envs, dtype=bool) if rows is None else np.isin(np.arange(self.num_envs), rows)
+        info = {"image_index": self.state.image_index.numpy().copy(), "label": labels.copy(),
                 "category": np.array([self.params.dataset.classes[i] for i in labels], dtype=object)}
+        return {**info, **{f"_{key}": mask.copy() for key in info}}
 
     def step(self, actions):
         if self.state is None:
@@ -97,25 +105,30 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
         result = step_batch(self.params, self.state, actions)
         self.state, self.last_step = result.state, result
         obs = observe(self.params, self.state)
-        infos: dict[str, Any] = {
-            "action_clipped": result.action_clipped.astype(np.int64),
-            "unet_calls": self.state.sampler.nfe.cpu().numpy(),
-        }
         done = result.terminated | result.truncated
+        step_info = {"action_clipped": result.action_clipped.astype(np.int64),
+                     "unet_calls": self.state.sampler.nfe.cpu().numpy()}
+        # Gymnasium's same-step convention (as SyncVectorEnv's): a finished row's step info goes to
+        # final_info with its metrics, and the top level then describes the row's new episode.
+        infos: dict[str, Any] = {**step_info, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in step_info}}
         if done.any():
             rows = np.flatnonzero(done)
             final_obs = np.full(self.num_envs, None, dtype=object)
             for r in rows:
                 final_obs[r] = {k: v[r] for k, v in obs.items()}
             final_info: dict[str, Any] = {}
-            for key, column in result.final_metrics.items():
-                final_info[key] = np.where(done, column, 0.0)
+            for key, column in {**result.final_metrics, **step_info}.items():
+                values = np.where(done, column, 0)
+                final_info[key] = values.astype(np.int64) if key in INTEGER_METRICS or key in step_info else values
                 final_info[f"_{key}"] = done.copy()
-            infos.update({"final_obs": final_obs, "_final_obs": done.copy(),
-                          "final_info": final_info, "_final_info": done.copy()})
             # Same-step autoreset, by mask: only the finished rows get a new image and z_T.
             self.state = reset_rows(self.params, self.state, rows.tolist())
             obs = observe(self.params, self.state)
+            infos["action_clipped"] = np.where(done, 0, infos["action_clipped"])  # no action taken yet
+            infos["_action_clipped"] = ~done
+            infos["unet_calls"] = self.state.sampler.nfe.cpu().numpy()
+            infos.update({"final_obs": final_obs, "_final_obs": done.copy(),
+                          "final_info": final_info, "_final_info": done.copy(), **self._reset_info(rows)})
         return obs, result.reward, result.terminated, result.truncated, infos
 
     def render(self):
@@ -142,22 +155,29 @@ class LDMSuperResolutionVecEnv(VecEnv):
         seed = None if all(s is None for s in seeds) else seeds
         obs, info = self.vector_env.reset(seed=seed)
         self._reset_seeds()
-        self.reset_infos = [{k: v[i] for k, v in info.items()} for i in range(self.num_envs)]
+        self.reset_infos = [{k: v[i] for k, v in info.items() if not k.startswith("_")} for i in range(self.num_envs)]
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1)
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape == (self.num_envs,) and self.action_space.shape == (1,):
+            actions = actions[:, None]  # one action parameter: SB3 may hand a flat (N,) batch
+        self._actions = actions  # any other shape: the vector env's step says what it expected
 
     def step_wait(self):
         obs, rewards, terminated, truncated, vinfo = self.vector_env.step(self._actions)
         dones = terminated | truncated
         infos: list[dict[str, Any]] = []
         for i in range(self.num_envs):
-            info = {"action_clipped": int(vinfo["action_clipped"][i]), "unet_calls": int(vinfo["unet_calls"][i])}
             if dones[i]:
+                # SB3's convention (DummyVecEnv's): the info of the step that ended the episode,
+                # and the new episode's reset info in reset_infos.
+                info = {k: v[i].item() for k, v in vinfo["final_info"].items() if not k.startswith("_")}
                 info["terminal_observation"] = vinfo["final_obs"][i]
                 info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-                info.update({k: float(v[i]) for k, v in vinfo["final_info"].items() if not k.startswith("_")})
+                self.reset_infos[i] = {k: vinfo[k][i] for k in ("image_index", "label", "category")}
+            else:
+                info = {"action_clipped": int(vinfo["action_clipped"][i]), "unet_calls": int(vinfo["unet_calls"][i])}
             infos.append(info)
         return obs, rewards.astype(np.float32), dones, infos
 
@@ -165,6 +185,10 @@ class LDMSuperResolutionVecEnv(VecEnv):
         self.vector_env.close()
 
     def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.render_mode != "rgb_array":
+            warnings.warn(f"render_mode is {self.render_mode!r}: no images; make the env with "
+                          "render_mode='rgb_array'", stacklevel=2)
+            return [None] * self.num_envs
         if self.vector_env.state is None:
             return [None] * self.num_envs
         return [render_frame(self.vector_env.params, self.vector_env.state, i) for i in range(self.num_envs)]
@@ -172,7 +196,11 @@ class LDMSuperResolutionVecEnv(VecEnv):
     def _indices(self, indices) -> list[int]:
         if indices is None:
             return list(range(self.num_envs))
-        return [indices] if isinstance(indices, int) else list(indices)
+        indices = [indices] if isinstance(indices, int | np.integer) else list(indices)
+        bad = [i for i in indices if not -self.num_envs <= i < self.num_envs]
+        if bad:
+            raise IndexError(f"indices {bad} out of range for {self.num_envs} envs")
+        return [int(i) % self.num_envs for i in indices]
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
         return [getattr(self.vector_env, attr_name) for _ in self._indices(indices)]

@@ -23,17 +23,22 @@ import numpy as np
 import torch
 
 from orl_gym.env import StepResult
-from orl_gym.rewards import TERM_NAMES, combine_terms
+from orl_gym.rewards import TERM_NAMES, RewardConfig, combine_terms
 
 __all__ = ["RewardTerms", "RewardTermsVector", "final_reward_delta"]
 
 TermFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_terms(weights: Mapping[str, float], extra_terms: Mapping[str, tuple[float, TermFn]]) -> None:
+def _check_terms(weights: Mapping[str, float], extra_terms: Mapping[str, tuple[float, TermFn]],
+                 reward_config: RewardConfig) -> None:
     unknown = sorted(set(weights) - set(TERM_NAMES))
     if unknown:
         raise ValueError(f"weights: unknown terms {unknown}; terms: {list(TERM_NAMES)}")
+    if weights.get("lpips", 0.0) != 0.0 and reward_config.lpips_net is None:
+        # Said now, not when the first image finishes: the env computes no LPIPS to weight.
+        raise ValueError("weights: lpips needs LPIPS, which this env does not compute (its reward.lpips_net "
+                         "is None); make the env with reward={'lpips_net': 'alex', ...} or leave lpips out")
     for name, spec in extra_terms.items():
         if name in TERM_NAMES or not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
             raise ValueError(f"extra_terms[{name!r}]: expected (weight, fn(sr, hr, lr) -> (B,) tensor) under a new name")
@@ -75,7 +80,7 @@ class RewardTerms(gym.Wrapper):
                  extra_terms: Mapping[str, tuple[float, TermFn]] | None = None) -> None:
         super().__init__(env)
         self.weights, self.extra_terms = dict(weights or {}), dict(extra_terms or {})
-        _check_terms(self.weights, self.extra_terms)
+        _check_terms(self.weights, self.extra_terms, env.unwrapped.params.reward_model.config)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -94,7 +99,7 @@ class RewardTermsVector(gym.vector.VectorWrapper):
                  extra_terms: Mapping[str, tuple[float, TermFn]] | None = None) -> None:
         super().__init__(env)
         self.weights, self.extra_terms = dict(weights or {}), dict(extra_terms or {})
-        _check_terms(self.weights, self.extra_terms)
+        _check_terms(self.weights, self.extra_terms, env.unwrapped.params.reward_model.config)
 
     def step(self, actions):
         obs, rewards, terminated, truncated, infos = self.env.step(actions)

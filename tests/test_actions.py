@@ -43,6 +43,10 @@ def test_inactive_parameters_take_defaults_and_clipping_is_counted():
     (dict(max_stride=0), "max_stride"),
     (dict(eta_range=(0.0, 1.5)), "eta_range"),
     (dict(guidance_off_fraction=1.0), "guidance_off_fraction"),
+    (dict(defaults={"temperature": 1.0}), "unknown parameters"),
+    (dict(defaults={"stride": 9}), "stride = 9.0 is outside"),
+    (dict(defaults={"stride": 1.5}), "stride must be an integer"),
+    (dict(defaults={"eta": 2.0}), "eta = 2.0 is outside"),
 ])
 def test_bad_configs(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -59,3 +63,20 @@ def test_bad_actions():
         encode_params(config, stride=2.5)
     with pytest.raises(ValueError, match="not an active parameter"):
         encode_params(ActionConfig(parameters=("eta",)), stride=2)
+
+
+def test_a_partial_defaults_mapping_changes_only_what_it_names():
+    config = ActionConfig(parameters=("eta",), defaults={"stride": 2})
+    params = decode_action(np.zeros((1, 1), dtype=np.float32), config).params
+    assert params.stride.tolist() == [2] and params.noise_scale.tolist() == [1.0] and params.guidance.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("guidance_range", [(0.2, 1.0), (0.5, 0.5)])
+def test_guidance_off_and_on_encode_whatever_the_on_range(guidance_range):
+    config = ActionConfig(guidance_range=guidance_range)
+    plain = decode_action(encode_params(config), config).params  # the plain-DDIM action
+    assert plain.guidance.tolist() == [0.0] and plain.stride.tolist() == [1]
+    high = guidance_range[1]
+    assert decode_action(encode_params(config, guidance=high), config).params.guidance.item() == pytest.approx(high)
+    with pytest.raises(ValueError, match="must be 0 \\(off\\) or in"):
+        encode_params(config, guidance=guidance_range[0] / 2 if guidance_range[0] < high else 0.1)

@@ -162,7 +162,8 @@ def test_half_precision_model_on_cuda_scores_in_float32(env_kwargs, dtype):
     for run_dtype in (torch.float32, dtype):
         model = copy.deepcopy(env_kwargs["model"]).to("cuda", run_dtype)
         venv = gym.make_vec(orl_gym.ENV_ID, num_envs=3, vectorization_mode="vector_entry_point",
-                            **{**env_kwargs, "model": model, "device": "cuda", "reward": reward})
+                            **{**env_kwargs, "model": model, "device": "cuda", "reward": reward,
+                               "dtype": str(run_dtype).removeprefix("torch.")})
         venv.reset(seed=5)
         for step_actions in actions:
             _, rewards, terminated, truncated, info = venv.step(step_actions)
@@ -173,6 +174,77 @@ def test_half_precision_model_on_cuda_scores_in_float32(env_kwargs, dtype):
         psnr[run_dtype] = info["final_info"]["psnr"]
     # Same seeds, same actions: half precision moves an image's PSNR by rounding, not by dBs.
     np.testing.assert_allclose(psnr[dtype], psnr[torch.float32], atol=0.5)
+
+
+def test_step_after_the_episode_ended_raises_until_reset(env_kwargs):
+    for extra, ended in (({}, "terminated"), ({"step_budget": 1}, "truncated")):
+        env = gym.make(orl_gym.ENV_ID, **{**env_kwargs, **extra})
+        env.reset(seed=0)
+        action = encode_params(env.unwrapped.params.actions, stride=4)
+        while True:
+            _, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        assert (terminated, truncated) == (ended == "terminated", ended == "truncated")
+        assert isinstance(info["unet_calls"], int) and isinstance(info["image_index"], int)
+        with pytest.raises(RuntimeError, match="after the episode ended"):
+            env.step(action)
+        env.reset()
+        env.step(action)  # a new episode steps again
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"guidance_cost": float("inf")}, "guidance_cost: expected a finite value"),
+    ({"gamma": float("nan")}, "gamma: expected a discount"),
+    ({"hr_size": 24}, "multiples of 16"),
+    ({"device": "cuda:0"}, "the LDMSR object is on cpu"),
+])
+def test_bad_env_arguments_are_refused_at_construction(env_kwargs, change, message):
+    with pytest.raises(ValueError, match=message):
+        gym.make(orl_gym.ENV_ID, **{**env_kwargs, **change})
+
+
+def test_vector_infos_follow_gymnasiums_same_step_convention(env_kwargs):
+    """As SyncVectorEnv in SAME_STEP mode: a finished row's step info is in final_info, and the top
+    level describes its new episode (which image; no UNet calls yet)."""
+    n = 2
+    venv = gym.make_vec(orl_gym.ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", **env_kwargs)
+    _, first = venv.reset(seed=0)
+    stride4 = np.stack([encode_params(venv.unwrapped.params.actions, stride=4)] * n)
+    venv.step(stride4)
+    _, _, terminated, _, info = venv.step(stride4)  # 6 schedule entries, stride 4: done in 2 steps
+    assert terminated.all()
+    final = info["final_info"]
+    assert final["_action_clipped"].all() and final["unet_calls"].tolist() == [2, 2]
+    assert final["image_index"].tolist() == first["image_index"].tolist()  # the images that finished
+    assert final["image_index"].dtype == np.int64 and final["unet_calls"].dtype == np.int64
+    state = venv.unwrapped.state
+    assert info["image_index"].tolist() == state.image_index.tolist() and info["_image_index"].all()
+    assert info["unet_calls"].tolist() == [0, 0] and not info["_action_clipped"].any()
+    _, _, _, _, info = venv.step(stride4)
+    assert "image_index" not in info and info["unet_calls"].tolist() == [1, 1]  # no row reset here
+
+
+def test_sb3_vec_env_reset_infos_shapes_indices_and_render_mode(env_kwargs):
+    venv = orl_gym.make_sb3_env(num_envs=2, monitor=False, **env_kwargs)
+    venv.seed(0)
+    venv.reset()
+    started = [info["image_index"] for info in venv.reset_infos]
+    stride4 = np.stack([encode_params(venv.vector_env.params.actions, stride=4)] * 2)
+    venv.step(stride4)
+    _, _, dones, infos = venv.step(stride4)
+    assert dones.all() and [info["image_index"] for info in infos] == started  # the finished images
+    assert [info["unet_calls"] for info in infos] == [2, 2]
+    assert [info["image_index"] for info in venv.reset_infos] == venv.vector_env.state.image_index.tolist()
+    with pytest.raises(ValueError, match="expected shape"):
+        venv.step(stride4.T.copy())  # (k, N) is not reshaped into (N, k)
+    with pytest.raises(IndexError, match="out of range"):
+        venv.get_attr("num_envs", indices=[7])
+    assert venv.get_attr("num_envs", indices=[-1]) == [2]
+    with pytest.warns(UserWarning, match="render_mode"):
+        assert venv.get_images() == [None, None]
+    with pytest.raises(ValueError, match="render_mode"):
+        orl_gym.make_sb3_env(num_envs=2, render_mode="rgb_arry", **env_kwargs)
 
 
 def test_bad_actions(env_kwargs):

@@ -68,3 +68,11 @@ def test_vector_wrapper_equals_single_wrapper(env_kwargs):
         assert rewards[i] == pytest.approx(reward, abs=1e-5)
         assert infos["final_info"]["term_brightness"][i] == pytest.approx(info["term_brightness"], abs=1e-6)
     assert torch.is_tensor(venv.unwrapped.last_step.final_images)
+
+
+def test_weighting_a_term_the_env_does_not_compute_fails_at_construction(env_kwargs):
+    with pytest.raises(ValueError, match="lpips needs LPIPS"):
+        RewardTerms(gym.make(orl_gym.ENV_ID, **env_kwargs), weights={"lpips": 0.2})
+    venv = gym.make_vec(orl_gym.ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", **env_kwargs)
+    with pytest.raises(ValueError, match="lpips needs LPIPS"):
+        RewardTermsVector(venv, weights={"lpips": 0.2})
