@@ -66,7 +66,8 @@ class EnvConfig:
         split, categories, hr_size, crop: which images and how they are cut (see ``DataConfig``);
             the scale is the model's.
         image_order: ``"random"`` (a seeded draw per episode) or ``"sequential"`` (env i of N takes
-            images i, i + N, ... : an evaluation pass over the split).
+            images i, i + N, ... : an evaluation pass over the split; each image's noise is then
+            derived from the seed and the image, the same whatever policy runs).
         max_images: use only this many images of the split, evenly spaced over its (class-sorted)
             order so every class keeps its share (None: all).
         num_inference_steps: length K of the default DDIM schedule the strides move along; the
@@ -312,6 +313,16 @@ def make_seeded_generators(np_random: np.random.Generator, device: torch.device)
             torch.Generator(device=device).manual_seed(noise_seed))
 
 
+def _generators_for_image(generator: torch.Generator, image_index: int) -> torch.Generator:
+    """A new generator for a row's next image in sequential order, seeded from the row's previous
+    seed and the image. The stream a row continued would depend on how many steps its previous
+    episode took, i.e. on the policy; derived this way, two policies evaluated with the same seed
+    and batch size see the same z_T and step noise for every image (common random numbers), since
+    sequential order gives each row the same images in the same order whatever the policy."""
+    seed = np.random.SeedSequence([generator.initial_seed(), image_index]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=generator.device).manual_seed(int(seed) >> 1)
+
+
 @ieee_float32
 def reset_rows(
     params: EnvParams,
@@ -325,9 +336,12 @@ def reset_rows(
     """Start a new episode (new image, new z_T) in the given rows; the other rows are untouched.
 
     With ``state=None`` every row is new and the generators must be given. Given generators
-    replace the rows' own (a reseed); otherwise the rows' generators continue.
+    replace the rows' own (a reseed); otherwise the rows' generators continue, except in
+    sequential order, where each new image's generators are derived from the row's last ones and
+    the image index (see :func:`_generators_for_image`).
     """
     rows_t = torch.as_tensor(list(rows), dtype=torch.long)
+    derive = state is not None and noise_generators is None and params.config.image_order == "sequential"
     if state is not None:
         data_generators = data_generators or tuple(state.data_generators[r] for r in rows)
         noise_generators = noise_generators or tuple(state.sampler.generators[r] for r in rows)
@@ -338,6 +352,10 @@ def reset_rows(
     if params.config.image_order == "sequential":
         batch = state.batch_size if state is not None else len(rows)
         indices = [int(pool[(r + c * batch) % len(pool)]) for r, c in zip(rows, counts, strict=True)]
+        if derive:
+            data_generators, noise_generators = (
+                tuple(_generators_for_image(g, index) for g, index in zip(gens, indices, strict=True))
+                for gens in (data_generators, noise_generators))
     else:
         indices = [int(pool[int(torch.randint(len(pool), (1,), generator=g))]) for g in data_generators]
     # One generator per new image: a reset's crop must not depend on which other envs reset at

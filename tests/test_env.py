@@ -225,6 +225,31 @@ def test_vector_infos_follow_gymnasiums_same_step_convention(env_kwargs):
     assert "image_index" not in info and info["unet_calls"].tolist() == [1, 1]  # no row reset here
 
 
+def test_sequential_order_gives_every_image_the_same_noise_whatever_the_policy(env_kwargs):
+    """Common random numbers for evaluation: z_T of every image, not only of each row's first,
+    is the same under two policies that take different numbers of steps."""
+    kwargs = {**env_kwargs, "image_order": "sequential", "crop": "center", "max_images": 6}
+
+    def starts(stride):
+        venv = gym.make_vec(orl_gym.ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", **kwargs)
+        obs, info = venv.reset(seed=11)
+        seen = {int(i): obs["latent"][r] for r, i in enumerate(info["image_index"])}
+        action = np.stack([encode_params(venv.unwrapped.params.actions, stride=stride)] * 2)
+        wanted = len(venv.unwrapped.params.image_pool)
+        for _ in range(6 * wanted):  # enough steps to start every image of the pool
+            if len(seen) == wanted:
+                break
+            obs, _, _, _, info = venv.step(action)
+            for r in np.flatnonzero(info.get("_image_index", np.zeros(2, dtype=bool))):
+                seen.setdefault(int(info["image_index"][r]), obs["latent"][r])
+        return seen
+
+    one, three = starts(1), starts(3)
+    assert len(one) > 2 and sorted(one) == sorted(three)  # more images than rows: autoresets happened
+    for index in one:
+        np.testing.assert_array_equal(one[index], three[index], err_msg=f"image {index}")
+
+
 def test_sb3_vec_env_reset_infos_shapes_indices_and_render_mode(env_kwargs):
     venv = orl_gym.make_sb3_env(num_envs=2, monitor=False, **env_kwargs)
     venv.seed(0)
