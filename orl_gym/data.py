@@ -23,7 +23,9 @@ a path to a data root
 a path to a local copy in the hub's schema
     a folder of parquet files laid out like the hub repository (``data/train-*.parquet`` ...),
     loaded with the same ``datasets.load_dataset`` call as the hub; a ``save_to_disk`` folder
-    (``datasets.load_from_disk``); or a single ``.parquet`` file (split by identity).
+    (``datasets.load_from_disk``); or a single ``.parquet`` file (split by identity). Parquet
+    files outside ``data/`` make a hub copy only of a folder without images in class-folder
+    layout, so a results table saved in a data root does not hide its datasets.
 a dataset name such as ``"ucmerced"`` or ``"aid150"``
     the folder of that name under ``$ORL_GYM_DATA``.
 
@@ -62,9 +64,16 @@ to 8-bit levels. Both are float32 in [0, 1], NCHW, on the dataset's device.
 Bad input
 ---------
 Grayscale, grayscale+alpha, RGBA, palette, CMYK and 16-bit grayscale images are converted to
-8-bit RGB (alpha is dropped, not composited; 16-bit keeps its high byte). Images with a side shorter than ``hr_size`` are skipped at
-load time with one :class:`DataWarning` giving their count (upscaling them would make a blurry
-"ground truth"). A file that cannot be read is skipped: at load time (unreadable header) with one
+8-bit RGB (alpha is dropped, not composited; 16-bit keeps its high byte). 32-bit integer
+grayscale (PIL mode ``"I"``) whose values fit 0..65535 is read as 16-bit (its high byte); other
+32-bit integer and all floating-point images (mode ``"F"``) have no defined 8-bit scale and are
+skipped as unreadable, with a reason that says to convert them to 8- or 16-bit. An EXIF
+Orientation tag is applied, as ``datasets.Image`` does (``ImageOps.exif_transpose``), and the
+header scan's image sizes include it (PNG metadata stored after the pixel data, which PIL finds
+only by decoding them, is not read, so header sizes and decoded images always agree). Rows of a
+table whose ClassLabel is missing (-1) are skipped with one warning giving their count.
+Images with a side shorter than ``hr_size`` are skipped at load time with one
+:class:`DataWarning` giving their count (upscaling them would make a blurry "ground truth"). A file that cannot be read is skipped: at load time (unreadable header) with one
 warning naming every such file and the count; when only its pixel data is broken, on first
 decode with a warning naming it and the running count, and the batch takes the next readable
 image instead (``PairBatch.indices`` says which), so an epoch never stops on a bad file.
@@ -77,6 +86,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import operator
 import os
 import re
 import warnings
@@ -185,6 +195,28 @@ class UnreadableImageError(OSError):
     """An image file's pixel data could not be decoded."""
 
 
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is an integer (Python or NumPy), else None.
+
+    Bools and integral floats are not integers here: ``True`` would silently mean 1, and
+    ``scale=4.0`` passes ``in (2, 4, 8)`` but breaks tensor shapes much later.
+    """
+    if isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, torch.Tensor) and value.dtype == torch.bool
+    ):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _blur_radius(blur_sigma: float) -> int:
+    """Half the side of the Gaussian kernel of ``blur_sigma``: also the reflect padding, which
+    must be smaller than each side of the blurred image."""
+    return math.ceil(3 * blur_sigma)
+
+
 @dataclass(frozen=True)
 class Degradation:
     """Extra degradations of the LR image, beyond antialiased bicubic downsampling.
@@ -212,12 +244,13 @@ class Degradation:
             raise ValueError(f"blur_sigma must be a finite number >= 0, got {self.blur_sigma!r}")
         if not (self.noise_std >= 0 and math.isfinite(self.noise_std)):
             raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}")
-        if self.jpeg_quality is not None and not (
-            isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100
-        ):
-            raise ValueError(
-                f"jpeg_quality must be an int in 1..100 or None, got {self.jpeg_quality!r}"
-            )
+        if self.jpeg_quality is not None:
+            quality = _integer(self.jpeg_quality)
+            if quality is None or not 1 <= quality <= 100:
+                raise ValueError(
+                    f"jpeg_quality must be an int in 1..100 or None, got {self.jpeg_quality!r}"
+                )
+            object.__setattr__(self, "jpeg_quality", quality)
 
     @property
     def is_identity(self) -> bool:
@@ -279,6 +312,18 @@ class DataConfig:
         elif self.categories is not None:
             object.__setattr__(self, "categories", tuple(self.categories))
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        # Integer fields must be ints (NumPy ints are stored as int): a bool or a float would be
+        # accepted by the range checks below and fail, or split differently, much later.
+        for name in ("hr_size", "scale", "full_multiple", "seed", "split_seed"):
+            value = getattr(self, name)
+            if value is None and name == "full_multiple":
+                continue
+            as_int = _integer(value)
+            if as_int is None:
+                raise ValueError(
+                    f"{name} must be an int, got {value!r} ({type(value).__name__})"
+                )
+            object.__setattr__(self, name, as_int)
 
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
@@ -286,18 +331,13 @@ class DataConfig:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
-        if (
-            not isinstance(self.hr_size, int)
-            or self.hr_size < self.scale
-            or self.hr_size % self.scale
-        ):
+        if self.hr_size < self.scale or self.hr_size % self.scale:
             raise ValueError(
                 f"hr_size must be a positive multiple of scale={self.scale} (so LR has "
                 f"hr_size // scale pixels), got {self.hr_size!r}"
             )
         if self.full_multiple is not None and (
-            not isinstance(self.full_multiple, int)
-            or self.full_multiple < self.scale
+            self.full_multiple < self.scale
             or self.full_multiple % self.scale
             or self.full_multiple > self.hr_size
         ):
@@ -311,10 +351,24 @@ class DataConfig:
         if not isinstance(self.degradation, Degradation):
             raise TypeError(f"degradation must be a Degradation, got {type(self.degradation)}")
         fractions = self.split_fractions
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        # isfinite: NaN passes `< 0` and makes the sum test pass too (NaN fractions sent every
+        # image to the test split).
+        if (
+            len(fractions) != 3
+            or not all(math.isfinite(f) and f >= 0 for f in fractions)
+            or abs(sum(fractions) - 1) > 1e-6
+        ):
             raise ValueError(
-                "split_fractions must be three non-negative (train, validation, test) "
+                "split_fractions must be three finite, non-negative (train, validation, test) "
                 f"fractions summing to 1, got {fractions!r}"
+            )
+        radius = _blur_radius(self.degradation.blur_sigma)
+        if radius >= self._min_hr_side:
+            raise ValueError(
+                f"degradation.blur_sigma={self.degradation.blur_sigma} needs HR sides of more "
+                f"than ceil(3 * blur_sigma) = {radius} px, but HR crops can be as small as "
+                f"{self._min_hr_side} px (hr_size={self.hr_size}, crop={self.crop!r}): lower "
+                "blur_sigma or raise hr_size"
             )
 
     @property
@@ -326,6 +380,14 @@ class DataConfig:
     def lr_size(self) -> int:
         """Side of the LR image in pixels for the square crop modes."""
         return self.hr_size // self.scale
+
+    @property
+    def _min_hr_side(self) -> int:
+        """The shortest HR side a pair can have: ``hr_size``, or for ``crop="full"`` the
+        shortest image side allowed (``hr_size``) floored to ``full_crop_multiple``."""
+        if self.crop != "full":
+            return self.hr_size
+        return self.hr_size // self.full_crop_multiple * self.full_crop_multiple
 
 
 @dataclass
@@ -397,7 +459,18 @@ def degrade(
 
     Returns:
         (B, 3, H / scale, W / scale) float32 in [0, 1] on ``hr``'s device.
+
+    Raises:
+        TypeError: ``hr`` is not a floating-point tensor (e.g. uint8 pixels).
+        ValueError: a wrong shape, a size not divisible by ``scale``, a value outside [0, 1]
+            (more than ``_HR_RANGE_TOLERANCE``) or not finite, or a blur wider than HR.
     """
+    if not isinstance(hr, torch.Tensor) or not hr.is_floating_point():
+        found = hr.dtype if isinstance(hr, torch.Tensor) else type(hr).__name__
+        raise TypeError(
+            f"hr must be a float tensor with values in [0, 1], got {found}: divide 8-bit (uint8) "
+            "images by 255"
+        )
     if hr.ndim != 4 or hr.shape[1] != 3:
         raise ValueError(f"hr must be a (B, 3, H, W) batch, got shape {tuple(hr.shape)}")
     height, width = hr.shape[-2:]
@@ -406,9 +479,17 @@ def degrade(
             f"HR size {height}x{width} is not divisible by scale={scale}: crop HR to a multiple "
             "of the scale first"
         )
+    _check_unit_range(hr)
     image = hr.float()
     if degradation.blur_sigma > 0:
-        kernel_size = 2 * math.ceil(3 * degradation.blur_sigma) + 1
+        radius = _blur_radius(degradation.blur_sigma)
+        if radius >= min(height, width):
+            raise ValueError(
+                f"blur_sigma={degradation.blur_sigma} needs HR sides of more than ceil(3 * "
+                f"blur_sigma) = {radius} px (the reflect padding of its kernel), got HR "
+                f"{height}x{width}: lower blur_sigma or use larger HR crops"
+            )
+        kernel_size = 2 * radius + 1
         image = TF.gaussian_blur(
             image, kernel_size=[kernel_size, kernel_size], sigma=[degradation.blur_sigma] * 2
         )
@@ -430,6 +511,34 @@ def degrade(
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """One generator for a whole batch, one per image, or None (a default source)."""
+
+_HR_RANGE_TOLERANCE = 1e-3
+"""How far outside [0, 1] :func:`degrade` accepts HR values (float rounding of a resize or a
+colour conversion); clearly larger excursions mean another convention, such as [-1, 1]."""
+
+
+def _check_unit_range(hr: torch.Tensor) -> None:
+    """ValueError unless every value of ``hr`` is finite and in [0, 1] (within the tolerance).
+
+    One min/max pass (no image-sized temporaries) and one host sync in the common case; the
+    details are computed only on error.
+    """
+    if hr.numel() == 0:
+        return
+    # min and max propagate NaN, and NaN fails every comparison: non-finite values fail here too.
+    lowest, highest = torch.stack(torch.aminmax(hr.detach())).float().tolist()
+    if -_HR_RANGE_TOLERANCE <= lowest and highest <= 1 + _HR_RANGE_TOLERANCE:
+        return
+    finite = torch.isfinite(hr)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"hr has {int((~finite).sum())} non-finite value(s) (NaN or inf): HR must be finite "
+            "pixel values in [0, 1]"
+        )
+    raise ValueError(
+        f"hr values must be in [0, 1], got {float(hr.min()):.4g}..{float(hr.max()):.4g}: map "
+        "[-1, 1] images with (x + 1) / 2 and divide 8-bit values by 255"
+    )
 
 
 def _per_image_draw(
@@ -549,12 +658,18 @@ def _source_from_path(path: Path, spec: str) -> DataSource:
         )
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return DataSource("disk", location, path.name)
-    if next(path.rglob("*.parquet"), None) is not None:
+    # The hub's own layout (data/<split>-*.parquet) first; image folders before any other parquet
+    # file, so a stray one (a results table saved in a data root) does not turn a folder of
+    # datasets into a "hub copy". Parquet files in other places (top level, or the hub's
+    # <config>/<split>/*.parquet conversion) still make a hub copy when there are no images.
+    if (path / "data").is_dir() and next((path / "data").rglob("*.parquet"), None) is not None:
         return DataSource("hub_copy", location, path.name)
     if _is_class_folder_dataset(path):
         return DataSource("folder", location, path.name)
     if any(_is_class_folder_dataset(sub) for sub in _subdirectories(path)):
         return DataSource("root", location, path.name)
+    if next(path.rglob("*.parquet"), None) is not None:
+        return DataSource("hub_copy", location, path.name)
     raise DataSourceError(
         f"data source {spec!r} ({path}) holds no images in class-folder layout "
         "(<folder>/<class>/<image>), no datasets in such layout (<root>/<dataset>/<class>/"
@@ -678,21 +793,79 @@ def _image_and_label_columns(dataset: Any, where: str) -> tuple[str, str, list[s
 
 
 def _decode(data: bytes | str) -> torch.Tensor:
-    """Decode an encoded image (bytes or a file path) to (3, H, W) uint8 RGB.
+    """Decode an encoded image (bytes or a file path) to (3, H, W) uint8 RGB, upright.
 
     PIL rather than torchvision.io, whose codecs are deprecated since torchvision 0.29; PIL is
     as fast here (256 px PNG ~2 ms, 150 px JPEG ~0.5 ms) and reads every format.
+
+    Raises:
+        ValueError: a floating-point image, or 32-bit integers beyond 0..65535 (no 8-bit scale).
     """
     source = data if isinstance(data, str) else io.BytesIO(data)
-    with PILImage.open(source) as image:
+    with PILImage.open(source) as opened:
+        transpose = _ORIENTATION_TRANSPOSE.get(_exif_orientation(opened))
+        image = opened.transpose(transpose) if transpose is not None else opened
         if image.mode.startswith("I;16"):
             # 16-bit grayscale: convert("RGB") would clip at 255; keep the high byte instead.
-            gray = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
-            array = np.repeat(gray[:, :, None], 3, axis=2)
+            array = _gray_to_rgb((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+        elif image.mode == "I":
+            # 32-bit integers: convert("RGB") clips at 255 too. Values that fit 16 bits are read
+            # as 16-bit data (older Pillow opened 16-bit PNGs in this mode): the high-byte rule.
+            values = np.asarray(image, dtype=np.int64)
+            lowest, highest = (int(values.min()), int(values.max())) if values.size else (0, 0)
+            if lowest < 0 or highest > 65535:
+                raise ValueError(
+                    f"32-bit integer image (PIL mode 'I') with values {lowest}..{highest}, outside "
+                    "the 16-bit range 0..65535, has no defined 8-bit scale: convert it to 8- or "
+                    "16-bit"
+                )
+            array = _gray_to_rgb((values >> 8).astype(np.uint8))
+        elif image.mode == "F":
+            # convert("RGB") clips here too (a 0..1 float image turns black).
+            raise ValueError(
+                "floating-point image (PIL mode 'F') has no defined 8-bit scale (it may hold "
+                "0..1, 0..255 or physical units): convert it to 8- or 16-bit"
+            )
         else:
             # L, LA, P, RGBA, CMYK, YCbCr ... -> RGB; alpha is dropped, not composited.
             array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_ORIENTATION_TRANSPOSE = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
+"""EXIF Orientation -> the transpose that displays the image upright (ImageOps.exif_transpose's)."""
+
+
+def _exif_orientation(image: PILImage.Image) -> int:
+    """The EXIF Orientation (1-8) of a just-opened image that is still to be applied, from its
+    header alone; 1 when absent.
+
+    Read the same way by :func:`_decode` and :func:`_image_size`, so the sizes found by the
+    header scan always match the decoded images. It calls the base class's getexif because PNG's
+    override decodes the whole image to look for metadata after the pixel data: the header scan
+    would become as slow as decoding.
+    """
+    if image.format == "TIFF":
+        # Pillow's TIFF plugin applies the tag itself: the size on open, the pixels on load.
+        return 1
+    try:
+        orientation = PILImage.Image.getexif(image).get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block: the pixels may still be fine, keep them as stored
+        return 1
+    return orientation if orientation in _ORIENTATION_TRANSPOSE else 1
 
 
 def _jpeg_round_trip(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -713,10 +886,13 @@ def _jpeg_round_trip(images: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def _image_size(data: bytes | str) -> tuple[int, int]:
-    """(height, width) from the image header, without decoding the pixels."""
+    """(height, width) from the image header, without decoding the pixels, as :func:`_decode`
+    returns it: EXIF orientations 5-8 (a quarter turn or a transpose) swap the sides."""
     source = data if isinstance(data, str) else io.BytesIO(data)
     with PILImage.open(source) as image:
         width, height = image.size
+        if _exif_orientation(image) >= 5:
+            width, height = height, width
     return height, width
 
 
@@ -751,7 +927,17 @@ def paper_category(class_name: str) -> str | None:
     # Classes of a single-dataset source carry no "<dataset>/" prefix: any dataset's stand-in counts.
     dataset, _, native = class_name.rpartition("/")
     native_key = _normalize_name(native)
-    return next((paper for paper in PAPER_CATEGORIES if native_key in _category_keys(paper, dataset or None)), None)
+    # Lower-cased like _ClassInfo.dataset and CATEGORY_ALIASES' keys: "AID150/Commercial" is AID.
+    dataset_key = dataset.lower() or None
+    return next((paper for paper in PAPER_CATEGORIES if native_key in _category_keys(paper, dataset_key)), None)
+
+
+def _batch_size(batch_size: Any) -> int:
+    """``batch_size`` as an int >= 1, or ValueError."""
+    size = _integer(batch_size)
+    if size is None or size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return size
 
 
 def _list_names(names: Sequence[str], limit: int = 60) -> str:
@@ -899,11 +1085,17 @@ class PairDataset:
         # Sources with splits need only the labels; the others also the images, for identities.
         columns = [label_column] if has_splits else [label_column, image_column]
         row = -1
+        unlabelled = 0
         for batch in dataset.select_columns(columns).iter(batch_size=1024):
             labels = batch[label_column]
             images = batch[image_column] if not has_splits else [None] * len(labels)
             for label, image in zip(labels, images, strict=True):
                 row += 1
+                # ClassLabel stores a missing label as -1 (or null): as an index it would silently
+                # name the last class.
+                if label is None or label < 0:
+                    unlabelled += 1
+                    continue
                 if has_splits:
                     entries.append(
                         _Entry(f"{source.name}/{config.split}/{row}", int(label), row=row)
@@ -920,6 +1112,20 @@ class PairDataset:
                 split = assign_split(name, seed=config.split_seed, fractions=config.split_fractions)
                 if split == config.split:
                     entries.append(_Entry(name, int(label), row=row))
+        if unlabelled:
+            where = f"split {config.split!r} of " if has_splits else ""
+            if unlabelled == row + 1:
+                raise DataSourceError(
+                    f"every one of the {unlabelled} rows of {where}{source.describe()} has a "
+                    f"missing class label ({label_column} = -1); every image needs its class "
+                    "(labels, categories=, per-category scores): label the rows"
+                )
+            warnings.warn(
+                f"skipped {unlabelled} of {row + 1} row(s) of {where}{source.describe()} with a "
+                f"missing class label ({label_column} = -1)",
+                DataWarning,
+                stacklevel=4,
+            )
         return infos, entries
 
     def _raw(self, entry: _Entry) -> bytes | str:
@@ -1064,6 +1270,44 @@ class PairDataset:
             self._cache[index] = image
         return image
 
+    def _index_list(self, indices: Sequence[int] | torch.Tensor | np.ndarray, what: str) -> list[int]:
+        """``indices`` as a list of ints in [0, len), or TypeError / IndexError saying what is wrong.
+
+        A bool mask would otherwise count as indices 0 and 1 and a float be truncated, and
+        negative or too large indices would wrap around silently.
+        """
+        if isinstance(indices, (torch.Tensor, np.ndarray)):
+            if isinstance(indices, torch.Tensor):
+                kind, mask_to_indices = "tensor", "torch.nonzero(mask).flatten()"
+                is_bool = indices.dtype == torch.bool
+                is_integer = not (is_bool or indices.is_floating_point() or indices.is_complex())
+            else:
+                kind, mask_to_indices = "array", "np.flatnonzero(mask)"
+                is_bool = indices.dtype == np.bool_
+                is_integer = np.issubdtype(indices.dtype, np.integer)
+            if not is_integer:
+                hint = f" (for a mask pass its indices, {mask_to_indices})" if is_bool else ""
+                raise TypeError(
+                    f"{what}: indices must be integers, got a {indices.dtype} {kind}{hint}"
+                )
+            values = indices.flatten().tolist()
+        else:
+            values = []
+            for value in indices:
+                index = _integer(value)
+                if index is None:
+                    raise TypeError(
+                        f"{what}: indices must be integers, got {value!r} ({type(value).__name__})"
+                    )
+                values.append(index)
+        bad = [index for index in values if not 0 <= index < len(self)]
+        if bad:
+            raise IndexError(
+                f"{what}: image indices {_list_names([str(i) for i in bad], limit=10)} out of "
+                f"range: this dataset has {len(self)} images, indices 0..{len(self) - 1}"
+            )
+        return values
+
     def _readable_image(self, index: int) -> tuple[int, torch.Tensor]:
         """Image ``index``, or the next readable one after it (wrapping) when it is unreadable."""
         for offset in range(len(self._entries)):
@@ -1131,11 +1375,12 @@ class PairDataset:
 
         Args:
             indices: Group only these images (1-D, ascending stays ascending within a group);
-                None: every image.
+                None: every image. Checked like :meth:`pairs`' indices.
         """
         if indices is None:
             indices = torch.arange(len(self))
-        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+        else:
+            indices = torch.tensor(self._index_list(indices, "indices_by_shape"), dtype=torch.long)
         multiple = self.config.full_crop_multiple
         shapes = self.image_sizes[indices] // multiple * multiple
         unique, inverse, counts = torch.unique(
@@ -1187,7 +1432,8 @@ class PairDataset:
         """(HR, LR) pairs of the given images.
 
         Args:
-            indices: Image indices in [0, len); repeats are allowed.
+            indices: Image indices in [0, len) (integers; a bool mask or floats are a TypeError,
+                an index out of range an IndexError); repeats are allowed.
             generator: Source of the random crop offsets and the LR noise; the same generator
                 state gives the same batch. A list gives one generator per image (image k's
                 crop and noise come from generator k alone, exactly as ``pairs([index_k],
@@ -1199,9 +1445,7 @@ class PairDataset:
             A :class:`PairBatch`. With ``crop="full"`` every image must have the same full-crop
             shape (see :meth:`indices_by_shape`), else ValueError.
         """
-        if isinstance(indices, torch.Tensor):
-            indices = indices.flatten().tolist()
-        indices = [int(i) for i in indices]
+        indices = self._index_list(indices, "pairs")
         if not indices:
             raise ValueError("pairs() needs at least one index")
         generator = generator if generator is not None else self._generator
@@ -1247,8 +1491,7 @@ class PairDataset:
 
         Indices and crops both come from ``generator``: the same state gives the same batch.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = _batch_size(batch_size)
         if batch_size <= len(self):
             indices = torch.randperm(len(self), generator=generator, device=generator.device)[
                 :batch_size
@@ -1274,7 +1517,18 @@ class PairDataset:
             generator: Source of the order and the crops; None uses the dataset's own.
             shuffle: Random order (True) or index order (False).
             drop_last: Drop a final smaller batch.
+
+        Raises:
+            ValueError: ``batch_size`` is not a positive int (at the call, not the first batch).
         """
+        # Checked here, not in the generator below, which would only run at the first next().
+        return self._epoch(
+            _batch_size(batch_size), generator=generator, shuffle=shuffle, drop_last=drop_last
+        )
+
+    def _epoch(
+        self, batch_size: int, *, generator: torch.Generator | None, shuffle: bool, drop_last: bool
+    ) -> Iterator[PairBatch]:
         generator = generator if generator is not None else self._generator
         if shuffle:
             order = torch.randperm(len(self), generator=generator, device=generator.device).cpu()

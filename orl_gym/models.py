@@ -18,6 +18,7 @@ size: the tests use tiny ones, ``experiments/train_ldm.py`` trains the bundled o
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,16 @@ _COMPONENT_FILES = {
     "unet": ("config.json",),
     "scheduler": ("scheduler_config.json",),
 }
+# What diffusers' from_pretrained (no variant) loads: one file, or the index of a sharded checkpoint
+# (diffusion_pytorch_model-0000k-of-0000N.safetensors), each in safetensors or pickle format.
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                 "diffusion_pytorch_model.fp16.safetensors")
+                 "diffusion_pytorch_model.safetensors.index.json",
+                 "diffusion_pytorch_model.bin.index.json")
+# Variant weights (save_pretrained(variant="fp16")): diffusers reads them only when asked for the
+# variant, so a folder holding nothing else fails to load; named in the error instead.
+_VARIANT_WEIGHT_NAME = re.compile(
+    r"diffusion_pytorch_model\.(?:[^.]+\.(?:safetensors|bin)|(?:safetensors|bin)\.index\.[^.]+\.json)"
+)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -92,6 +101,13 @@ class LDMSR:
     source: str = "<in memory>"
 
     def __post_init__(self) -> None:
+        placement = {name: _placement(module) for name, module in (("vqvae", self.vqvae), ("unet", self.unet))}
+        if placement["vqvae"] != placement["unet"]:
+            found = ", ".join(f"{name} on {device} in {dtype}" for name, (device, dtype) in placement.items())
+            raise ModelLoadError(
+                f"{self.source}: the VQ autoencoder and the UNet must share one device and dtype, got "
+                f"{found}: call .to(device, dtype) on both modules before building the LDMSR"
+            )
         latent_channels = self.vqvae.config.latent_channels
         if self.unet.config.in_channels != latent_channels + 3:
             raise ModelLoadError(
@@ -135,11 +151,12 @@ class LDMSR:
         return int(self.scheduler.config.num_train_timesteps)
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> LDMSR:
-        device = torch.device(device) if device is not None else self.device
+        device = _check_device(torch.device(device)) if device is not None else self.device
         dtype = resolve_dtype(dtype, device) if dtype is not None else self.dtype
-        cast = dtype != self.dtype  # diffusers warns on any dtype cast through .to(): only when needed
         for module in (self.vqvae, self.unet):
-            if cast:
+            # Each module by its own dtype (one may have been cast on its own); diffusers warns on
+            # any dtype cast through .to(), so only when needed.
+            if _placement(module)[1] != dtype:
                 module.to(device=device, dtype=dtype)
             else:
                 module.to(device)
@@ -181,6 +198,27 @@ class LDMSR:
         self.to_pipeline().save_pretrained(str(path), safe_serialization=safe_serialization)
 
 
+def _placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of a module, read from its first parameter like LDMSR.device / .dtype."""
+    parameter = next(module.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _check_device(device: torch.device) -> torch.device:
+    """``device``, or a ValueError when it names a CUDA device this machine does not have (torch
+    would fail later, deep inside the first .to(), with a driver message)."""
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine (no GPU, "
+                         "driver or CUDA build of torch); use device='cpu'")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"device={str(device)!r}: this machine has {count} CUDA device(s), "
+                         f"cuda:0..cuda:{count - 1}")
+    return device
+
+
 def _check_local_checkpoint(folder: Path) -> None:
     """Name every missing piece of a local checkpoint folder at once."""
     if not folder.is_dir():
@@ -192,13 +230,29 @@ def _check_local_checkpoint(folder: Path) -> None:
                 missing.append(f"{component}/{name}")
         if component != "scheduler" and (folder / component).is_dir():
             if not any((folder / component / w).is_file() for w in _WEIGHT_NAMES):
-                missing.append(f"{component}/diffusion_pytorch_model.safetensors (weights)")
+                variants = sorted(f.name for f in (folder / component).iterdir()
+                                  if _VARIANT_WEIGHT_NAME.fullmatch(f.name))
+                found = (f"; only variant weights are there ({', '.join(variants)}), which diffusers "
+                         "loads only when asked for that variant: save the model again without "
+                         "variant=, or rename the file(s) without the variant (e.g. .fp16)"
+                         if variants else "")
+                missing.append(f"{component}/diffusion_pytorch_model.safetensors (weights{found})")
     if missing:
         raise ModelLoadError(
             f"model: {folder} is not a complete LDM-SR checkpoint; missing: {', '.join(missing)}. "
             "Expected the diffusers layout of LDMSuperResolutionPipeline.save_pretrained "
             "(vqvae/, unet/, scheduler/)."
         )
+
+
+def _check_all_weights_loaded(location: str, component: str, loading_info: dict) -> None:
+    """ModelLoadError when the config builds layers the weights do not have: diffusers only logs
+    a warning and leaves them randomly initialised, a silently broken model."""
+    missing = loading_info.get("missing_keys") or []
+    if missing:
+        shown = ", ".join(sorted(missing)[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise ModelLoadError(f"model: {location}: {component}/config.json does not match its weights "
+                             f"(a config edited, or from another checkpoint): the weights lack {shown}")
 
 
 def load_ldmsr(
@@ -216,8 +270,13 @@ def load_ldmsr(
         device: where the modules live (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         dtype: float32 everywhere; float16 / bfloat16 on CUDA.
         revision: hub revision (branch, tag or commit) for hub ids.
+
+    Raises:
+        ModelLoadError: a missing or incomplete checkpoint (named piece by piece), weights that
+            do not match their config.json, an unreachable hub id.
+        ValueError: an unknown dtype, half precision off CUDA, a CUDA device this machine lacks.
     """
-    device = torch.device(device)
+    device = _check_device(torch.device(device))
     torch_dtype = resolve_dtype(dtype, device)
     if str(model) == "bundled":
         folder = bundled_model_path()
@@ -236,15 +295,29 @@ def load_ldmsr(
         if name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name:
             raise ModelLoadError(f"model: no such folder {name} (and not a hub id 'owner/name')")
         location, kwargs = str(model), {"revision": revision}
+    component = "vqvae"  # the one being loaded, for the error message
     try:
         # low_cpu_mem_usage=False: the default path needs `accelerate` and warns without it.
-        kwargs.update(torch_dtype=torch_dtype, low_cpu_mem_usage=False)
-        vqvae = VQModel.from_pretrained(location, subfolder="vqvae", **kwargs)
-        unet = UNet2DModel.from_pretrained(location, subfolder="unet", **kwargs)
+        kwargs.update(torch_dtype=torch_dtype, low_cpu_mem_usage=False, output_loading_info=True)
+        vqvae, loading_info = VQModel.from_pretrained(location, subfolder="vqvae", **kwargs)
+        _check_all_weights_loaded(location, component, loading_info)
+        component = "unet"
+        unet, loading_info = UNet2DModel.from_pretrained(location, subfolder="unet", **kwargs)
+        _check_all_weights_loaded(location, component, loading_info)
+        component = "scheduler"
         scheduler = DDIMScheduler.from_pretrained(location, subfolder="scheduler", revision=kwargs.get("revision"))
+    except ModelLoadError:  # an OSError too: already says what is wrong
+        raise
     except (OSError, ValueError) as err:
         where = "local folder" if local.exists() else "hub id (is the hub reachable? set HF_HUB_OFFLINE=1 to use the cache only)"
         raise ModelLoadError(f"model: could not load {location} as a {where}: {err}") from err
+    except RuntimeError as err:
+        # torch's load_state_dict: the shapes or names the config builds differ from the weights.
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:3])  # one line: the first mismatches
+        if "state_dict" in str(err):
+            raise ModelLoadError(f"model: {location}: {component}/config.json does not match its weights "
+                                 f"(a config edited, or from another checkpoint): {detail}") from err
+        raise ModelLoadError(f"model: could not load {component} of {location}: {detail}") from err
     return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source=location).to(device, torch_dtype)
 
 

@@ -623,3 +623,199 @@ def test_spread_indices_and_grouping_a_subset_by_shape(fixture_root):
     for shape, members in groups.items():
         assert all(full.full_crop_shape(int(i)) == shape for i in members)
         assert members.tolist() == sorted(members.tolist())
+
+
+# ---------------------------------------------------------------------------- review fixes
+
+
+def _tiny_class_folder(root: Path, files: dict[str, Image.Image], *, fmt_kwargs=None) -> Path:
+    """``root/ds/things/<name>`` for each (file name -> image); returns the dataset folder."""
+    folder = root / "ds" / "things"
+    folder.mkdir(parents=True)
+    for name, image in files.items():
+        image.save(folder / name, **(fmt_kwargs or {}).get(name, {}))
+    return root / "ds"
+
+
+def test_32bit_integer_images_read_as_16_bit_and_float_images_are_reported(tmp_path):
+    # PIL's convert("RGB") clips mode "I" at 255 and turns a 0..1 mode "F" image black.
+    values = (np.arange(16 * 20).reshape(16, 20) * 200).astype(np.int32)  # 0..63800: 16-bit data
+    beyond = values.copy()
+    beyond[0, 0] = 70_000
+    dataset_dir = _tiny_class_folder(tmp_path, {
+        "int32.tif": Image.fromarray(values),
+        "int32_beyond.tif": Image.fromarray(beyond),
+        "float.tif": Image.fromarray((values / 65535).astype(np.float32)),
+    })
+    with Image.open(dataset_dir / "things" / "int32.tif") as image:
+        assert image.mode == "I"
+    with Image.open(dataset_dir / "things" / "float.tif") as image:
+        assert image.mode == "F"
+    dataset = _load_quietly(DataConfig(source=str(dataset_dir), split_fractions=ALL_TRAIN, **SMALL))
+    decoded = dataset.image(dataset.names.index("ds/things/int32.tif"))
+    high_byte = torch.from_numpy((values >> 8).astype(np.uint8))
+    assert all(torch.equal(decoded[c], high_byte) for c in range(3))
+
+    with pytest.warns(DataWarning, match=r"2 unreadable image\(s\) of 3") as record:
+        dataset.preload()
+    assert "ds/things/float.tif" in str(record[0].message)
+    assert "mode 'F'" in dataset.unreadable["ds/things/float.tif"]
+    assert "70000" in dataset.unreadable["ds/things/int32_beyond.tif"]
+    for reason in dataset.unreadable.values():
+        assert "convert it to 8- or 16-bit" in reason
+    with pytest.raises(data.UnreadableImageError, match="mode 'F'"):
+        dataset.image(dataset.names.index("ds/things/float.tif"))
+
+
+def test_degrade_rejects_integer_out_of_range_and_non_finite_hr():
+    hr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="divide .*by 255"):
+        degrade((hr * 255).round().to(torch.uint8), scale=4)
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got -0\.99"):
+        degrade(hr * 2 - 1, scale=4)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        degrade(hr * 255, scale=4)
+    for bad in (float("nan"), float("inf")):
+        broken = hr.clone()
+        broken[0, 0, 3, 3] = bad
+        with pytest.raises(ValueError, match="1 non-finite value"):
+            degrade(broken, scale=4, degradation=Degradation(jpeg_quality=90))
+    # Float rounding just outside the range is not an error.
+    torch.testing.assert_close(degrade(hr * (1 + 1e-5), scale=4), degrade(hr, scale=4), atol=1e-4, rtol=0)
+
+
+def test_a_blur_wider_than_hr_is_a_clear_error():
+    hr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert degrade(hr, scale=4, degradation=Degradation(blur_sigma=5.0)).shape == (1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"blur_sigma=6.0 .* 18 px .* 16x16"):
+        degrade(hr, scale=4, degradation=Degradation(blur_sigma=6.0))
+    with pytest.raises(ValueError, match=r"blur_sigma=6.0 .* 16 px \(hr_size=16"):
+        DataConfig(hr_size=16, scale=4, degradation=Degradation(blur_sigma=6.0))
+    # crop="full" can floor the shortest side below hr_size: 24 px images crop to 16.
+    with pytest.raises(ValueError, match=r"as small as 16 px \(hr_size=24, crop='full'\)"):
+        DataConfig(hr_size=24, scale=4, crop="full", full_multiple=16, degradation=Degradation(blur_sigma=5.4))
+    DataConfig(hr_size=16, scale=4, degradation=Degradation(blur_sigma=5.0))
+
+
+def test_config_rejects_non_integer_ints_and_nan_fractions():
+    for field, value in (("scale", 4.0), ("hr_size", 64.0), ("full_multiple", 4.0), ("seed", True),
+                         ("split_seed", 0.0)):
+        with pytest.raises(ValueError, match=f"{field} must be an int, got {value!r}"):
+            DataConfig(**{field: value})
+    for fractions in ((float("nan"), 0.5, 0.5), (float("inf"), 0.0, 0.0)):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            DataConfig(split_fractions=fractions)
+    for quality in (True, 50.0):
+        with pytest.raises(ValueError, match="jpeg_quality must be an int"):
+            Degradation(jpeg_quality=quality)
+    # NumPy integers are ints: stored as Python ints, so the split hash sees "0", not "np.int64(0)".
+    config = DataConfig(scale=np.int64(4), split_seed=np.int64(0), degradation=Degradation(jpeg_quality=np.int64(50)))
+    assert type(config.scale) is int and type(config.split_seed) is int
+    assert type(config.degradation.jpeg_quality) is int
+
+
+def test_pairs_and_grouping_reject_bad_indices(fixture_root):
+    dataset = _load_quietly(DataConfig(source=str(fixture_root / "aid150"), split_fractions=ALL_TRAIN, **SMALL))
+    n = len(dataset)
+    for indices in ([-1], [0, n], torch.tensor([n + 2])):
+        with pytest.raises(IndexError, match=rf"out of range: this dataset has {n} images, indices 0\.\.{n - 1}"):
+            dataset.pairs(indices)
+        with pytest.raises(IndexError, match="out of range"):
+            dataset.indices_by_shape(indices)
+    mask = dataset.labels == 1
+    for indices in (mask, mask.numpy()):
+        with pytest.raises(TypeError, match="bool .*for a mask pass its indices"):
+            dataset.pairs(indices)
+        with pytest.raises(TypeError, match="bool"):
+            dataset.indices_by_shape(indices)
+    for indices in (torch.tensor([1.0]), [1.9], [2.0], [True]):
+        with pytest.raises(TypeError, match="indices must be integers"):
+            dataset.pairs(indices)
+    assert dataset.pairs(torch.nonzero(mask).flatten()).labels.tolist() == [1] * int(mask.sum())
+    assert dataset.pairs(np.array([0, 1])).indices.tolist() == [0, 1]
+
+
+def test_batches_rejects_a_batch_size_below_one_at_the_call(fixture_root):
+    dataset = _load_quietly(DataConfig(source=str(fixture_root / "aid150"), split_fractions=ALL_TRAIN, **SMALL))
+    for batch_size in (0, -4, 2.0):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            dataset.batches(batch_size)  # raised before the first batch is asked for
+    assert sum(len(batch) for batch in dataset.batches(4)) == len(dataset)
+
+
+def test_a_stray_parquet_file_does_not_turn_a_data_root_into_a_hub_copy(fixture_root, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "root"
+    shutil.copytree(fixture_root, root)
+    (root / "results").mkdir()
+    pq.write_table(pa.table({"psnr": [30.0, 31.5]}), root / "results" / "metrics.parquet")
+    assert resolve_source(str(root)).kind == "root"
+    assert resolve_source(str(root / "ucmerced")).kind == "folder"
+    pq.write_table(pa.table({"psnr": [30.0]}), root / "ucmerced" / "scores.parquet")
+    assert resolve_source(str(root / "ucmerced")).kind == "folder"
+
+
+def test_paper_category_of_a_capitalised_dataset_folder(tmp_path):
+    _make_dataset_folder(tmp_path / "AID150", {"Commercial": 2, "Desert": 2}, seed=0, size=(16, 16))
+    _make_dataset_folder(tmp_path / "UCMerced", {"buildings": 2}, seed=1, size=(16, 16))
+    dataset = _load_quietly(DataConfig(source=str(tmp_path), split_fractions=ALL_TRAIN, **SMALL))
+    assert dataset.classes == ["AID150/Commercial", "AID150/Desert", "UCMerced/buildings"]
+    assert [data.paper_category(name) for name in dataset.classes] == ["Business district", "Desert", "Business district"]
+    # The same matching as categories=: both agree on which classes are "Business district".
+    business = _load_quietly(DataConfig(source=str(tmp_path), categories=("Business district",), split_fractions=ALL_TRAIN, **SMALL))
+    assert {business.classes[label] for label in business.labels.tolist()} == {"AID150/Commercial", "UCMerced/buildings"}
+
+
+def test_exif_orientation_is_applied_and_header_sizes_agree(tmp_path):
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(5)
+    stored = _noise_image(rng, 16, 24)  # 16 high, 24 wide as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": upright it is 24 high, 16 wide
+    dataset_dir = _tiny_class_folder(
+        tmp_path,
+        {"rotated.jpg": stored, "rotated.tif": stored, "rotated.png": stored, "plain.jpg": stored},
+        fmt_kwargs={"rotated.jpg": {"exif": exif, "quality": 95}, "rotated.tif": {"exif": exif},
+                    "rotated.png": {"exif": exif}, "plain.jpg": {"quality": 95}},
+    )
+    dataset = _load_quietly(DataConfig(source=str(dataset_dir), split_fractions=ALL_TRAIN, crop="full", **SMALL))
+    for name, shape in (("rotated.jpg", (24, 16)), ("rotated.tif", (24, 16)), ("rotated.png", (24, 16)),
+                        ("plain.jpg", (16, 24))):
+        index = dataset.names.index(f"ds/things/{name}")
+        image = dataset.image(index)
+        assert tuple(image.shape[1:]) == shape == tuple(dataset.image_sizes[index].tolist()), name
+        with Image.open(dataset_dir / "things" / name) as opened:  # what datasets.Image decodes
+            expected = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+        np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected)
+    assert set(dataset.indices_by_shape()) == {(24, 16), (16, 24)}
+
+
+def _labelled_hub_copy(root: Path, labels: list[int]) -> Path:
+    import datasets
+
+    rng = np.random.default_rng(6)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(RESISC45_CLASSES))}
+    )
+    rows = {"image": [{"bytes": _encode(_noise_image(rng, 16, 16), "PNG"), "path": f"{i}.png"}
+                      for i in range(len(labels))], "label": labels}
+    (root / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    return root
+
+
+def test_rows_with_a_missing_class_label_are_skipped_with_one_warning(tmp_path):
+    forest = RESISC45_CLASSES.index("forest")
+    copy = _labelled_hub_copy(tmp_path / "copy", [-1, forest, -1, forest, forest])
+    with pytest.warns(DataWarning, match=r"skipped 2 of 5 row\(s\) of split 'train' .* missing class label") as record:
+        dataset = PairDataset(DataConfig(source=str(copy), hub_cache_dir=str(tmp_path / "cache"), **SMALL))
+    assert len(record) == 1
+    assert len(dataset) == 3 and dataset.labels.tolist() == [forest] * 3
+    assert dataset.names == ["copy/train/1", "copy/train/3", "copy/train/4"]
+
+    unlabelled = _labelled_hub_copy(tmp_path / "unlabelled", [-1, -1])
+    with pytest.raises(DataSourceError, match="every one of the 2 rows .* missing class label"):
+        PairDataset(DataConfig(source=str(unlabelled), hub_cache_dir=str(tmp_path / "cache"), **SMALL))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -122,3 +123,75 @@ def test_hub_id_code_path_loads_from_the_hub_cache_offline(tiny_model, tmp_path)
     assert missing.returncode != 0
     assert "ModelLoadError" in missing.stderr and "someone/not-cached" in missing.stderr
 
+
+
+def test_vq_and_unet_on_different_dtypes_or_devices_are_rejected():
+    for placement in ({"dtype": torch.bfloat16}, {"device": "meta"}):
+        model = LDMSRArchitecture.tiny().build()
+        model.vqvae.to(**placement)
+        with pytest.raises(ModelLoadError, match=r"share one device and dtype.*call \.to\(device, dtype\)"):
+            type(model)(vqvae=model.vqvae, unet=model.unet, scheduler=model.scheduler)
+
+
+def test_to_casts_each_module_by_its_own_dtype():
+    model = LDMSRArchitecture.tiny().build()
+    reference = LDMSRArchitecture.tiny().build()
+    model.vqvae.to(torch.bfloat16)  # cast on its own after the model was built
+    model.to(dtype="float32")  # the UNet is float32 already: the VQ must still be cast back
+    assert next(model.vqvae.parameters()).dtype == torch.float32
+    assert next(model.unet.parameters()).dtype == torch.float32
+    assert _same_weights(model.unet, reference.unet)
+
+
+def test_sharded_checkpoints_load(tiny_model, tmp_path):
+    ckpt = tmp_path / "sharded"
+    tiny_model.unet.save_pretrained(ckpt / "unet", max_shard_size="50KB")
+    tiny_model.vqvae.save_pretrained(ckpt / "vqvae", max_shard_size="50KB")
+    tiny_model.scheduler.save_pretrained(ckpt / "scheduler")
+    assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert not (ckpt / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = load_ldmsr(ckpt)
+    assert _same_weights(loaded.unet, tiny_model.unet) and _same_weights(loaded.vqvae, tiny_model.vqvae)
+
+
+def test_a_folder_with_only_variant_weights_says_so(tiny_model, tmp_path):
+    ckpt = tmp_path / "fp16"
+    tiny_model.save_pretrained(ckpt)
+    for component in ("unet", "vqvae"):
+        weights = ckpt / component / "diffusion_pytorch_model.safetensors"
+        weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"vqvae/diffusion_pytorch_model\.safetensors \(weights; only variant "
+                                             r"weights are there \(diffusion_pytorch_model\.fp16\.safetensors\)"):
+        load_ldmsr(ckpt)
+
+
+def test_a_config_that_does_not_match_its_weights_names_the_component(tiny_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ckpt)
+    config_path = ckpt / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    # Other shapes: torch's load_state_dict raises (it escaped as a bare RuntimeError).
+    config_path.write_text(json.dumps({**config, "block_out_channels": [16, 16, 64]}))
+    with pytest.raises(ModelLoadError, match="unet/config.json does not match its weights.*size mismatch"):
+        load_ldmsr(ckpt)
+    # Layers the weights lack: diffusers only warned and left them random.
+    config_path.write_text(json.dumps(config))
+    vq_config_path = ckpt / "vqvae" / "config.json"
+    vq_config = json.loads(vq_config_path.read_text())
+    weights = LDMSRArchitecture(**{**LDMSRArchitecture.tiny().__dict__, "vq_mid_attention": False}).build()
+    weights.vqvae.save_pretrained(ckpt / "vqvae")
+    vq_config_path.write_text(json.dumps({**vq_config, "mid_block_add_attention": True}))
+    with pytest.raises(ModelLoadError, match="vqvae/config.json does not match its weights.*lack decoder.mid_block.attentions"):
+        load_ldmsr(ckpt)
+
+
+def test_a_cuda_device_the_machine_lacks_is_a_clear_error(tiny_model, tmp_path, monkeypatch):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cuda': CUDA is not available"):
+        load_ldmsr(tmp_path / "ckpt", device="cuda")
+    # A machine with one GPU asked for the fourth (checked before anything touches CUDA).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 1 CUDA device\(s\), cuda:0\.\.cuda:0"):
+        load_ldmsr(tmp_path / "ckpt", device="cuda:3")
