@@ -15,10 +15,11 @@ needs 36x36; our CPU preset has 16x16 LR images), then joins the progress featur
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ from orl_gym.configs import CONFIG_DIR
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = ["ALGORITHMS", "FlattenDictObservation", "LDMSRFeatureExtractor", "TrainingMonitor", "build_agent",
-           "hyperparams_entry", "load_hyperparams", "plot_reward_curve", "save_model", "wrap_for"]
+           "flatten_observation", "hyperparams_entry", "load_hyperparams", "plot_reward_curve", "save_model",
+           "wrap_for"]
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG,
@@ -48,24 +50,43 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
 }
 
 
+def _scaled(key: str, values: np.ndarray) -> np.ndarray:
+    return np.asarray(values).astype(np.float32) / 255.0 if key == "lr" else np.asarray(values).astype(np.float32)
+
+
+def flatten_observation(obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A batch of Dict observations as one float32 ``(B, n)`` array: ``lr / 255``, ``latent`` and
+    ``progress``, each flattened, joined in sorted key order (latent, lr, progress: the order of
+    gymnasium's Dict space, whatever order the dict itself has).
+
+    The one layout of a flattened observation: :class:`FlattenDictObservation` trains on it and
+    ``orl_gym.evaluation.SB3Policy`` feeds it to a model loaded from disk.
+    """
+    return np.concatenate([_scaled(k, obs[k]).reshape(len(obs[k]), -1) for k in sorted(obs)], axis=1)
+
+
+# Constructor arguments build_agent sets itself (not hyperparameters of a YAML entry).
+OWN_ARGUMENTS = ("self", "policy", "env", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model")
+
+
 class FlattenDictObservation(VecEnvWrapper):
     """One float32 Box from the Dict observation (lr / 255, latent, progress), for algorithms
-    whose policies take no Dict (sb3-contrib's CrossQ): ``vec_env_wrapper`` in its YAML."""
+    whose policies take no Dict (sb3-contrib's CrossQ): ``vec_env_wrapper`` in its YAML. The
+    layout is :func:`flatten_observation`'s."""
 
     def __init__(self, venv: VecEnv) -> None:
-        self.keys = list(venv.observation_space.spaces)
-        size = sum(int(np.prod(space.shape)) for space in venv.observation_space.spaces.values())
-        low = np.concatenate([self._scaled(k, s.low.ravel()) for k, s in venv.observation_space.spaces.items()])
-        high = np.concatenate([self._scaled(k, s.high.ravel()) for k, s in venv.observation_space.spaces.items()])
-        super().__init__(venv, observation_space=gym.spaces.Box(low.astype(np.float32), high.astype(np.float32),
-                                                                 (size,), np.float32))
+        spaces = venv.observation_space.spaces
+        self.keys = sorted(spaces)
+        low = flatten_observation({k: s.low[None] for k, s in spaces.items()})[0]
+        high = flatten_observation({k: s.high[None] for k, s in spaces.items()})[0]
+        super().__init__(venv, observation_space=gym.spaces.Box(low, high, low.shape, np.float32))
 
     @staticmethod
     def _scaled(key: str, values: np.ndarray) -> np.ndarray:
-        return values.astype(np.float32) / 255.0 if key == "lr" else values.astype(np.float32)
+        return _scaled(key, values)
 
     def _flatten(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([self._scaled(k, obs[k]).reshape(len(obs[k]), -1) for k in self.keys], axis=1)
+        return flatten_observation(obs)
 
     def reset(self) -> np.ndarray:
         return self._flatten(self.venv.reset())
@@ -113,7 +134,12 @@ def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | No
     if not path.is_file():
         raise ValueError(f"algo: no hyperparameter file {path}")
     with path.open() as f:
-        table = yaml.safe_load(f) or {}
+        try:
+            table = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({yaml_error_summary(error)})") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a mapping of env ids to hyperparameters")
     for key in (preset, ENV_ID):
         if key and key in table:
             return table, key
@@ -140,6 +166,8 @@ def build_agent(
     params.pop("n_envs", None)
     params.pop("vec_env_wrapper", None)  # applied to env by the caller: wrap_for()
     timesteps = int(float(params.pop("n_timesteps", 0)))
+    if "policy" not in params:
+        raise ValueError(f"hyperparameters: no 'policy' (e.g. MultiInputPolicy); check agents/{algo}.yml")
     policy = params.pop("policy")
     if isinstance(params.get("policy_kwargs"), str):
         params["policy_kwargs"] = eval(params["policy_kwargs"], {"__builtins__": __builtins__, "nn": nn})  # noqa: S307
@@ -149,9 +177,31 @@ def build_agent(
         params["action_noise"] = NormalActionNoise(np.zeros(size), noise_std * np.ones(size))
     elif noise_type is not None:
         raise ValueError(f"noise_type: only 'normal' is supported, got {noise_type!r}")
-    model = algorithm_class(algo)(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log,
-                                  verbose=verbose, **params)
+    cls = algorithm_class(algo)
+    accepted = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"hyperparameters: {cls.__name__} takes no {', '.join(unknown)}; check agents/{algo}.yml / "
+                f"--params (it takes: {', '.join(k for k in accepted if k not in OWN_ARGUMENTS)})"
+            )
+    try:
+        model = cls(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=verbose,
+                    **params)
+    except TypeError as error:  # a value of the wrong kind for the constructor
+        raise ValueError(f"hyperparameters: {cls.__name__} rejected them ({error}); check agents/{algo}.yml / "
+                         "--params") from error
     return model, timesteps
+
+
+def yaml_error_summary(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: the problem and where (PyYAML's own text spans lines)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
 
 
 class LDMSRFeatureExtractor(BaseFeaturesExtractor):

@@ -24,17 +24,70 @@ import yaml
 __all__ = ["main"]
 
 DEFAULT_RUNS = Path("runs")
+# Defaults of a new run's train options. The parser's defaults are None, so that a resumed run
+# can tell an option given on the command line from one left out.
+TRAIN_DEFAULTS: dict[str, Any] = {"algo": "ppo", "env": "tiny-x4", "seed": 42, "eval_freq": 10_000,
+                                  "eval_images": 64, "agent_device": "cpu"}
+# What a run folder's config.yaml must hold: to resume it, and to evaluate it.
+RUN_KEYS = ("algo", "env", "env_kwargs", "hyperparams", "seed", "timesteps", "n_envs", "eval_freq", "eval_images")
+EVALUATE_KEYS = ("algo", "env_kwargs")
 
 
 def _fail(message: str) -> int:
-    print(f"orl-gym: error: {message}", file=sys.stderr)
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"orl-gym: error: {line}", file=sys.stderr)
     return 2
+
+
+def _yaml_summary(error: yaml.YAMLError) -> str:
+    from orl_gym.agents import yaml_error_summary
+
+    return yaml_error_summary(error)
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from orl_gym.configs import env_preset
 
-    return _with_overrides(env_preset(args.env), args)
+    try:
+        kwargs = env_preset(args.env)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--env {args.env}: not valid YAML ({_yaml_summary(error)})") from None
+    return _with_overrides(kwargs, args)
+
+
+def _read_run_config(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A run folder's config.yaml, checked to hold ``keys`` (ValueError naming what is wrong)."""
+    path = run_dir / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({_yaml_summary(error)}); it is written by orl-gym train") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a run configuration (a mapping with {', '.join(keys)}, as orl-gym train "
+                         "writes it)")
+    missing = [key for key in keys if key not in config]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a complete run configuration (orl-gym train "
+                         "writes every key)")
+    for key in ("env_kwargs", "hyperparams"):
+        if key in keys and not isinstance(config[key], dict):
+            raise ValueError(f"{path}: {key} must be a mapping, got {config[key]!r}")
+    return config
+
+
+def _with_params(hyperparams: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
+    """Hyperparameters after the command line's --params KEY=VALUE (values are YAML)."""
+    hyperparams = dict(hyperparams)
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--params: expected KEY=VALUE, got {item!r}")
+        try:
+            hyperparams[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--params {item}: the value is not valid YAML ({_yaml_summary(error)}); quote "
+                             "it for the shell, e.g. 'net_arch=[64, 64]'") from None
+    return hyperparams
 
 
 def _with_overrides(kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -46,7 +99,14 @@ def _with_overrides(kwargs: dict[str, Any], args: argparse.Namespace) -> dict[st
         value = getattr(args, key, None)
         if value is not None:
             kwargs[key] = value
-    kwargs = apply_env_overrides(kwargs, getattr(args, "env_overrides", None) or [])
+    overrides = getattr(args, "env_overrides", None) or []
+    for item in overrides:
+        try:
+            yaml.safe_load(item.partition("=")[2])
+        except yaml.YAMLError as error:
+            raise ValueError(f"--env-kwargs {item}: the value is not valid YAML ({_yaml_summary(error)}); quote "
+                             "it for the shell, e.g. 'actions.parameters=[stride, eta]'") from None
+    kwargs = apply_env_overrides(kwargs, overrides)
     if kwargs.get("device", "cpu") == "cpu":
         kwargs["dtype"] = "float32"
     return kwargs
@@ -72,6 +132,50 @@ def _validation_scorer(env_kwargs: dict[str, Any], *, max_images: int, num_envs:
     return score
 
 
+def _resume_conflicts(args: argparse.Namespace, config: dict[str, Any], run_dir: Path) -> list[str]:
+    """The options given with --resume that would change the run's configuration."""
+    conflicts = []
+    for flag, dest, recorded in (("--algo", "algo", config["algo"]), ("--env", "env", config["env"]),
+                                 ("--n-envs", "n_envs", config["n_envs"]), ("--seed", "seed", config["seed"])):
+        value = getattr(args, dest, None)
+        if value is not None and value != recorded:
+            conflicts.append(f"{flag} {value} (the run has {recorded})")
+    if args.params and _with_params(config["hyperparams"], args.params) != config["hyperparams"]:
+        conflicts.append("--params " + " ".join(args.params))
+    env_flags = [flag for flag, dest in (("--model", "model"), ("--data", "data"), ("--device", "device"),
+                                         ("--output-fix", "output_fix"), ("--env-kwargs", "env_overrides"))
+                 if getattr(args, dest, None)]
+    if env_flags and _with_overrides(config["env_kwargs"], args) != config["env_kwargs"]:
+        conflicts.append(" / ".join(env_flags) + " (they change the run's env)")
+    if args.run_dir and Path(args.run_dir).resolve() != run_dir.resolve():
+        conflicts.append(f"--run-dir {args.run_dir} (the run is {run_dir})")
+    return conflicts
+
+
+def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The run folder and configuration --resume continues, with --timesteps / --eval-freq /
+    --eval-images applied (the changes a resumed run accepts; config.yaml records them)."""
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise ValueError(f"--resume: no such run folder {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"--resume: {run_dir} has no config.yaml: not a run folder of orl-gym train")
+    if not (run_dir / "checkpoints" / "latest.zip").is_file():
+        raise ValueError(f"--resume: {run_dir} has no checkpoints/latest.zip: the run saved no checkpoint to "
+                         "resume from; delete the folder and start the run again without --resume")
+    config = _read_run_config(run_dir, RUN_KEYS)
+    conflicts = _resume_conflicts(args, config, run_dir)
+    if conflicts:
+        raise ValueError(f"a resumed run keeps its configuration: {'; '.join(conflicts)}; leave them out (see "
+                         f"{run_dir / 'config.yaml'}), or start a new run with another --run-dir")
+    if args.timesteps:
+        config["timesteps"] = args.timesteps
+    for key in ("eval_freq", "eval_images"):
+        if getattr(args, key, None) is not None:
+            config[key] = getattr(args, key)
+    return run_dir, config
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train an agent; returns the run folder."""
     from orl_gym import make_sb3_env
@@ -85,25 +189,21 @@ def train(args: argparse.Namespace) -> Path:
     )
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints" / "latest.zip").is_file():
-            raise ValueError(f"--resume: {run_dir} has no config.yaml and checkpoints/latest.zip to resume from")
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if args.timesteps:
-            config["timesteps"] = args.timesteps
+        run_dir, config = _resume_config(args)
     else:
-        hyperparams = load_hyperparams(args.algo, args.env)
-        for item in args.params or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--params: expected KEY=VALUE, got {item!r}")
-            hyperparams[key] = yaml.safe_load(value)
+        for key, default in TRAIN_DEFAULTS.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, default)
+        hyperparams = _with_params(load_hyperparams(args.algo, args.env), args.params)
         env_kwargs = _env_kwargs(args)
         timesteps = int(args.timesteps or float(hyperparams["n_timesteps"]))
         n_envs = int(args.n_envs or hyperparams.get("n_envs", 8))
         run_dir = Path(args.run_dir or DEFAULT_RUNS / f"{args.algo}-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise ValueError(f"--run-dir: {run_dir} exists and is not empty; use --resume {run_dir} to continue")
+            if (run_dir / "checkpoints" / "latest.zip").is_file():
+                raise ValueError(f"--run-dir: {run_dir} exists and is not empty; use --resume {run_dir} to continue")
+            raise ValueError(f"--run-dir: {run_dir} exists and is not empty, and holds no checkpoints/latest.zip "
+                             "to resume from; pick another --run-dir, or delete the folder")
         # Said once the input is known good (a bad preset or run folder is a one-line error).
         entry = hyperparams_entry(args.algo, args.env)
         if entry != args.env:  # an env file by path, or a preset without its own entry
@@ -112,17 +212,19 @@ def train(args: argparse.Namespace) -> Path:
         config = {"algo": args.algo, "env": args.env, "env_kwargs": env_kwargs, "hyperparams": hyperparams,
                   "seed": args.seed, "timesteps": timesteps, "n_envs": n_envs,
                   "eval_freq": args.eval_freq, "eval_images": args.eval_images}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_files(run_dir, config)
 
+    # Env and agent first: a run that cannot start leaves no folder behind (nor a changed one).
     env = wrap_for(config["hyperparams"], make_sb3_env(num_envs=config["n_envs"], **config["env_kwargs"]))
     scorer = _validation_scorer(config["env_kwargs"], max_images=config["eval_images"], num_envs=config["n_envs"])
     if args.resume:
         model = algorithm_class(config["algo"]).load(run_dir / "checkpoints" / "latest.zip", env=env,
-                                                     tensorboard_log=str(run_dir / "tb"))
+                                                     tensorboard_log=str(run_dir / "tb"),
+                                                     device=args.agent_device or "auto")
     else:
         model, _ = build_agent(config["algo"], env, config["hyperparams"], seed=config["seed"],
                                device=args.agent_device, tensorboard_log=str(run_dir / "tb"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_files(run_dir, config)
     monitor = TrainingMonitor(run_dir, evaluate=scorer, eval_freq=config["eval_freq"],
                               checkpoint_freq=config["eval_freq"])
     monitor.init_callback(model)  # learn() does it again; done here so a finished run can still validate
@@ -158,6 +260,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         SB3Policy,
         constant_policy,
         evaluate_method,
+        fit_grid,
         grid_search_constant_action,
         write_report,
     )
@@ -168,17 +271,21 @@ def evaluate(args: argparse.Namespace) -> Path:
         config_path = target / "config.yaml"
         if not config_path.is_file():
             raise ValueError(f"{target}: not a run folder (no config.yaml); pass a run folder or a model .zip")
-        config = yaml.safe_load(config_path.read_text())
+        given = [flag for flag, dest in (("--algo", "algo"), ("--env", "env")) if getattr(args, dest) is not None]
+        if given:
+            raise ValueError(f"{' / '.join(given)}: a run folder fixes its algorithm and env; use --env-kwargs / "
+                             "--model / --data / --device / --output-fix to change the env")
+        config = _read_run_config(target, EVALUATE_KEYS)
         algo, env_kwargs = config["algo"], config["env_kwargs"]
         model_path = target / "checkpoints" / "best_model.zip"
         if not model_path.is_file():
             model_path = target / "checkpoints" / "latest.zip"
-        out_dir = Path(args.out or target / "evaluation")
+        out_dir = Path(args.out) if args.out else target / "evaluation"
     elif target.is_file():
         if not args.algo or not args.env:
             raise ValueError("evaluating a model .zip needs --algo and --env (the preset it was trained on)")
         algo, env_kwargs, model_path = args.algo, _env_kwargs(args), target
-        out_dir = Path(args.out or target.with_suffix("")) / "evaluation"
+        out_dir = Path(args.out) if args.out else target.with_suffix("") / "evaluation"
     else:
         raise ValueError(f"{target}: no such run folder or model file")
     if not model_path.is_file():
@@ -187,17 +294,28 @@ def evaluate(args: argparse.Namespace) -> Path:
         env_kwargs = _with_overrides(env_kwargs, args)
     model = algorithm_class(algo).load(model_path, device="cpu")
     actions = ActionConfig(**env_kwargs.get("actions", {}))
+    grid, left_out = None, []
+    if not args.no_grid:
+        # Checked before anything runs: a grid value the run's actions cannot take is left out
+        # (said on the console and in the table's header); none left for a parameter is an error.
+        try:
+            grid, left_out = fit_grid(GRIDS[args.grid], actions)
+        except ValueError as error:
+            raise ValueError(f"--grid {args.grid}: {error}; use --no-grid to skip the grid search") from None
+        if left_out:
+            print(f"orl-gym: --grid {args.grid}: left out what this run's actions cannot take: "
+                  f"{'; '.join(left_out)}", file=sys.stderr)
     common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
                   seed=args.seed, keep_images=args.grid_images)
     results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
     grid_note = "grid search skipped (--no-grid)"
-    if not args.no_grid:
-        grid = GRIDS[args.grid]
+    if grid is not None:
         action, setting, table = grid_search_constant_action(env_kwargs, actions, grid=grid, split="validation",
                                                              num_envs=args.n_envs, max_images=args.grid_max_images,
                                                              seed=args.seed)
         results.append(evaluate_method("best constant", constant_policy(action), env_kwargs, **common))
-        grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings, "
+        grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings"
+                     f"{' (left out: ' + '; '.join(left_out) + ')' if left_out else ''}, "
                      f"chosen by mean reward on {args.grid_max_images} validation images")
     results.append(evaluate_method("RL", SB3Policy(model), env_kwargs, **common))
     header = "\n".join([
@@ -276,9 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine 1 avoids oversubscription, which can slow CPU work tenfold)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def env_options(p: argparse.ArgumentParser, *, preset_default: str | None = "tiny-x4") -> None:
-        p.add_argument("--env", default=preset_default,
-                       help=f"env preset name or .yml path (presets: {', '.join(env_presets())})")
+    def env_options(p: argparse.ArgumentParser, *, env_help: str) -> None:
+        p.add_argument("--env", help=f"{env_help} (presets: {', '.join(env_presets())})")
         p.add_argument("--model", help="override the preset's model: a checkpoint folder, hub id or 'bundled'")
         p.add_argument("--data", help="override the preset's data source (default: $ORL_GYM_DATA or the hub)")
         p.add_argument("--device", help="override the preset's device (cpu, cuda)")
@@ -289,26 +406,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any env argument, applied last; dotted keys change one field of reward "
                        "or actions, e.g. reward.lpips_weight=0.4 reward.efficiency_weight=0 hr_size=128")
 
-    p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)")
-    p.add_argument("--algo", default="ppo", help=f"one of {', '.join(ALGORITHMS)}")
-    env_options(p)
+    p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)",
+                            description="Train an agent in a new run folder, or continue one with --resume. A "
+                            "resumed run keeps its configuration: it accepts --timesteps, --eval-freq, "
+                            "--eval-images (recorded in its config.yaml), --agent-device and --no-progress; the "
+                            "other options are an error unless they repeat the run's own values.")
+    p.add_argument("--algo", help=f"one of {', '.join(ALGORITHMS)} (default ppo)")
+    env_options(p, env_help="env preset name or .yml path (default tiny-x4)")
     p.add_argument("--timesteps", type=int, help="total timesteps (default: the YAML's n_timesteps)")
     p.add_argument("--n-envs", type=int, help="images per batch (default: the YAML's n_envs)")
     p.add_argument("--params", nargs="+", metavar="KEY=VALUE",
                    help="override hyperparameters of the YAML entry, e.g. n_steps=32 learning_rate=1e-4")
-    p.add_argument("--seed", type=int, default=42, help="the paper's seed by default")
+    p.add_argument("--seed", type=int, help="default 42, the paper's seed")
     p.add_argument("--run-dir", help="run folder (default: runs/<algo>-<env>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/latest.zip")
-    p.add_argument("--eval-freq", type=int, default=10_000, help="timesteps between validation evaluations")
-    p.add_argument("--eval-images", type=int, default=64, help="validation images per evaluation")
-    p.add_argument("--agent-device", default="cpu", help="device of the policy network (the env has --device)")
+    p.add_argument("--eval-freq", type=int, help="timesteps between validation evaluations (default 10000)")
+    p.add_argument("--eval-images", type=int, help="validation images per evaluation (default 64)")
+    p.add_argument("--agent-device", help="device of the policy network (default cpu; with --resume, SB3's "
+                   "choice); the env has --device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)
 
     p = commands.add_parser("evaluate", help="per-category table: bicubic, No RL, best constant, RL")
-    p.add_argument("run_or_model", help="a run folder, or a model .zip with --algo and --env")
-    p.add_argument("--algo", help="algorithm of a model .zip")
-    env_options(p, preset_default=None)
+    p.add_argument("run_or_model", help="a run folder, or a model .zip with --algo and --env; load only .zip "
+                   "files you trust (SB3 unpickles parts of them, which can run code)")
+    p.add_argument("--algo", help="algorithm of a model .zip (a run folder names its own)")
+    env_options(p, env_help="env preset name or .yml path a model .zip was trained on (a run folder names its "
+                "own; change it with the options below)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--categories", nargs="+", help="class names (RESISC45 or paper names); default all")
     p.add_argument("--max-images", type=int, help="evaluate this many images, spread over classes (default all)")
@@ -319,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constant-action grid: full (36 settings) or quick (6, no guidance)")
     p.add_argument("--grid-max-images", type=int, default=64, help="validation images per grid setting")
     p.add_argument("--grid-images", type=int, default=4, help="images in the comparison PNG")
-    p.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    p.add_argument("--out", help="report folder (default: RUN/evaluation, or MODEL/evaluation next to a "
+                   "MODEL.zip)")
     p.set_defaults(func=_evaluate_command)
 
     p = commands.add_parser("demo", help="the main job: train PPO briefly on the bundled model and evaluate")
@@ -355,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input (unknown algorithm / preset / category, missing model or weights, no data):
         # one line that says what exists or what to run, not a traceback.
         return _fail(str(err))
+    except yaml.YAMLError as err:  # a YAML file read below the command line's own checks
+        return _fail(f"not valid YAML ({_yaml_summary(err)})")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """Per-category evaluation: bicubic, the default sampler ("No RL"), the best constant action, and a
-trained policy ("RL"), on the same images and the same noise, with paired confidence intervals.
+trained policy ("RL"), on the same images and crops, with paired confidence intervals.
 
 Every method runs in the batched env with ``image_order="sequential"`` and ``crop="center"`` on
-the chosen split, so each image of the split is super-resolved exactly once per method, from the
-same seed. Bicubic comes for free: the env scores it for every image (``bicubic_*``).
+the chosen split, so each image of the split is super-resolved exactly once per method (an image
+whose pixels cannot be decoded is left out, for every method alike), and the rows are paired by
+image index. What the methods share, given the same ``seed`` and ``num_envs``: the images, their
+center crops and LR inputs, and each image's noise generators: env row r starts from ``seed + r``,
+and in sequential order the env derives each next image's generators from the row's previous ones
+and the image (``orl_gym.env.reset_rows``), not from how many steps the row's earlier episodes
+took. So every method starts each image from the same z_T and draws its step noise from the same
+stream (common random numbers); a different ``seed`` or ``num_envs`` gives other noise.
+Bicubic comes for free: the env scores it for every image (``bicubic_*``).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ __all__ = [
     "evaluate_method",
     "evaluate_upsampler",
     "bicubic_result",
+    "fit_grid",
     "grid_search_constant_action",
+    "paired_columns",
     "paired_interval",
     "paper_category",
     "plot_policy_trace",
@@ -48,8 +57,9 @@ __all__ = [
 
 Policy = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]  # (obs, episode_start) -> actions
 
-METRICS = ("psnr", "ssim", "lpips", "unet_calls", "nfe", "seconds", "reward")
-BICUBIC = {"psnr": "bicubic_psnr", "ssim": "bicubic_ssim", "lpips": "bicubic_lpips"}
+BICUBIC = {"psnr": "bicubic_psnr", "ssim": "bicubic_ssim", "lpips": "bicubic_lpips",
+           "lr_consistency": "bicubic_lr_consistency"}
+IDENTITY = ("image_index", "category", "name", "label")  # what identifies a row's image, in every method
 
 # The constant-action grid: 3 x 3 x 2 x 2 = 36 settings of (stride, eta, noise scale, guidance).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
@@ -81,16 +91,12 @@ class SB3Policy:
         return actions
 
     def _adapt(self, obs: dict[str, np.ndarray]) -> Any:
-        # Models trained through FlattenDictObservation (CrossQ) expect one flat Box.
-        env = self.model.get_env()
-        if env is not None and hasattr(env, "_flatten"):
-            return env._flatten(obs)
-        space = self.model.observation_space
-        if not hasattr(space, "spaces"):
-            from orl_gym.agents import FlattenDictObservation
+        # Models trained through FlattenDictObservation (CrossQ) expect one flat Box, in the
+        # layout they were trained on (one helper for both sides: the keys' order matters).
+        if not hasattr(self.model.observation_space, "spaces"):
+            from orl_gym.agents import flatten_observation
 
-            return np.concatenate([FlattenDictObservation._scaled(k, obs[k]).reshape(len(obs[k]), -1)
-                                   for k in obs], axis=1)
+            return flatten_observation(obs)
         return obs
 
 
@@ -139,32 +145,68 @@ def evaluate_method(
     """Run ``policy`` until every image of the split (or ``max_images`` of them) finished once.
 
     ``keep_images`` images, spread over the split, keep their SR / HR / LR tensors for figures.
+    An image whose pixels cannot be decoded (the dataset warns and lists it in
+    ``PairDataset.unreadable``) is left out. Which noise the methods share: see the module docstring.
     """
     kwargs = _evaluation_kwargs(env_kwargs, split, categories, max_images)
     wanted = len(build_params(EnvConfig.from_kwargs(**kwargs)).image_pool)  # cached: no second load
     env = LDMSuperResolutionVectorEnv(num_envs=min(num_envs, wanted), **kwargs)
+    try:
+        return _run_episodes(env, name, policy, wanted=wanted, split=split, seed=seed, keep_images=keep_images,
+                             progress=progress)
+    finally:
+        env.close()
+
+
+def _run_episodes(env: LDMSuperResolutionVectorEnv, name: str, policy: Policy, *, wanted: int, split: str,
+                  seed: int, keep_images: int, progress: bool) -> MethodResult:
     pool = env.params.image_pool
+    dataset = env.params.dataset
     pool_position = {int(index): i for i, index in enumerate(pool)}
     keep = _kept_images(pool, keep_images)
+    # In sequential order row r takes pool positions r, r + N, ...: every position comes up within
+    # ceil(wanted / N) episodes of each row, and an episode ends within step_budget steps. Twice
+    # that (plus one round) is a bound no correct run reaches: past it, stop rather than spin.
+    rounds = math.ceil(wanted / env.num_envs)
+    max_steps = (2 * rounds + 1) * max(int(env.params.step_budget), 1)
     obs, _ = env.reset(seed=seed)
     episode_start = np.ones(env.num_envs, dtype=bool)
     results: dict[int, dict[str, float]] = {}
     images: dict[int, dict[str, torch.Tensor]] = {}
+    skipped: set[int] = set()  # pool indices the dataset could not decode: never scored
+    unreadable_seen = -1
     bar = tqdm(total=wanted, desc=name, unit="img", disable=not progress, leave=False)
-    while len(results) < wanted:
+    steps = 0
+    while len(results) + len(skipped) < wanted:
+        if steps >= max_steps:
+            missing = sorted(set(pool_position) - set(results) - skipped)
+            raise RuntimeError(
+                f"{name}: {len(missing)} of the {wanted} {split} images (indices {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''}) never finished an episode in {steps} steps, though every "
+                f"image should within {rounds} episodes per row; stopped instead of running on (please report "
+                "this with the env settings)"
+            )
         obs, _, terminated, truncated, info = env.step(policy(obs, episode_start))
+        steps += 1
         episode_start = terminated | truncated
+        if len(dataset.unreadable) != unreadable_seen:
+            # dataset.pairs() serves the next readable image in place of one it cannot decode, so
+            # an unreadable image never finishes an episode of its own: count it as done.
+            unreadable_seen = len(dataset.unreadable)
+            newly = {i for i in pool_position if dataset.names[i] in dataset.unreadable} - skipped - set(results)
+            skipped |= newly
+            bar.update(len(newly))
         if not episode_start.any():
             continue
         final, last = info["final_info"], env.last_step
         rows_host = last.final_rows.cpu().numpy()
         for position, row in enumerate(rows_host):
             index = int(final["image_index"][row])
-            if index in results or index not in pool_position:
+            if index in results or index in skipped or index not in pool_position:
                 continue  # the sequential order wrapped around: already scored
             results[index] = {key: float(value[row]) for key, value in final.items() if not key.startswith("_")}
-            results[index]["category"] = env.params.dataset.classes[int(final["label"][row])]
-            results[index]["name"] = env.params.dataset.names[index]
+            results[index]["category"] = dataset.classes[int(final["label"][row])]
+            results[index]["name"] = dataset.names[index]
             if index in keep:
                 images[index] = {"sr": last.final_images[position].cpu(), "hr": last.final_hr[position].cpu(),
                                  "lr": last.final_lr[position].cpu()}
@@ -184,7 +226,14 @@ def grid_search_constant_action(
     max_images: int | None = 64,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
-    """The constant action with the highest mean reward on ``split``: (action, its parameters, table)."""
+    """The constant action with the highest mean reward on ``split``: (action, its parameters, table).
+
+    Every grid value must be one the actions can take (checked before anything runs; see
+    :func:`fit_grid` to leave the others out). Parameters the actions do not control are not searched.
+    """
+    _, dropped = fit_grid(grid, actions)
+    if dropped:
+        raise ValueError(f"grid: {'; '.join(dropped)}; leave those values out of the grid (fit_grid() does)")
     names = [p for p in actions.parameters if p in grid]
     table = []
     for values in tqdm(list(itertools.product(*(grid[n] for n in names))), desc="grid search", unit="setting"):
@@ -196,6 +245,32 @@ def grid_search_constant_action(
     best = max(table, key=lambda row: row["reward"])
     setting = {n: best[n] for n in names}
     return encode_params(actions, **setting), setting, table
+
+
+def fit_grid(grid: Mapping[str, Sequence[float]], actions: ActionConfig) -> tuple[dict[str, tuple[float, ...]], list[str]]:
+    """``grid`` without the values ``actions`` cannot take: (the grid left, one note per value left out).
+
+    Only the parameters ``actions`` controls are checked (the others are not searched). ValueError
+    when a parameter has no value left.
+    """
+    fitted: dict[str, tuple[float, ...]] = {}
+    dropped: list[str] = []
+    for name, values in grid.items():
+        if name not in actions.parameters:
+            fitted[name] = tuple(values)
+            continue
+        kept = []
+        for value in values:
+            try:
+                encode_params(actions, **{name: value})
+            except ValueError as error:
+                dropped.append(str(error))
+            else:
+                kept.append(value)
+        if not kept:
+            raise ValueError(f"grid: none of the {name} values {tuple(values)} fits the actions ({dropped[-1]})")
+        fitted[name] = tuple(kept)
+    return fitted, dropped
 
 
 class PolicyTrace:
@@ -236,8 +311,14 @@ def evaluate_upsampler(
     keep_images: int = 0,
     progress: bool = True,
 ) -> MethodResult:
-    """A one-shot super-resolver (bicubic-like: LR in, SR out) scored on exactly the images,
-    crops and LR inputs :func:`evaluate_method` uses, with the env's own metrics.
+    """A one-shot super-resolver (bicubic-like: LR in, SR out) scored on the images and crops
+    :func:`evaluate_method` uses, with the env's own metrics.
+
+    The LR inputs are the env's too when the degradation adds no noise. With a noisy degradation
+    they are not the same draws: here image ``i``'s LR noise comes from a generator seeded with
+    ``i``, in the env from the generators it derives for each row and image from ``seed``, so the
+    two see the same distribution of LR inputs, not the same LR images. An image whose pixels cannot be decoded is left out, as
+    :func:`evaluate_method` leaves it out.
 
     ``upsample`` maps ``(B, 3, h, w)`` in [0, 1] to ``(B, 3, scale*h, scale*w)`` in [0, 1]. The
     rows carry ``unet_calls = 0`` and ``reward = NaN``: the env's reward prices UNet calls, which
@@ -266,8 +347,11 @@ def evaluate_upsampler(
         out = reward_model.final(sr.to(hr.dtype), hr, lr, nfe=torch.zeros(len(indices), device=params.device),
                                  reference_nfe=1)
         metrics = {k: v.detach().double().cpu().numpy() for k, v in out.metrics.items()}
-        # pairs.indices: an unreadable image is replaced by the next readable one (data.py).
+        # pairs.indices: an unreadable image is replaced by the next readable one (data.py); the
+        # stand-in is left out here (it is scored in its own turn), as evaluate_method does.
         for j, index in enumerate(int(i) for i in pairs.indices):
+            if index != indices[j]:
+                continue
             row = {"image_index": index, **{k: float(v[j]) for k, v in metrics.items()},
                    "unet_calls": 0.0, "nfe": 0.0, "seconds": seconds, "reward": math.nan,
                    "category": dataset.classes[int(pairs.labels[j])], "name": dataset.names[index]}
@@ -292,10 +376,52 @@ def paired_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> t
 
 def bicubic_result(reference: MethodResult) -> MethodResult:
     """Bicubic x4 on the same images as ``reference`` (the env scores it for every image as the
-    reward's baseline; reward 0 by definition)."""
-    rows = [{**row, **{m: row[b] for m, b in BICUBIC.items() if b in row}, "unet_calls": 0.0, "nfe": 0.0,
-             "seconds": math.nan, "reward": 0.0} for row in reference.rows]
+    reward's baseline; reward 0 by definition).
+
+    A row keeps the reference row's identity (``image_index``, ``category``, ``name``, ``label``)
+    and baseline columns (``bicubic_*``); its metrics are the bicubic ones (``psnr`` from
+    ``bicubic_psnr``, ... , ``lr_consistency`` from ``bicubic_lr_consistency``), with no UNet calls
+    or guidance evaluations. As the reward's baseline it has reward 0 by definition, so its
+    ``term_*`` and ``weighted_*`` are 0 too (the quality terms measure against bicubic; the
+    efficiency term prices a diffusion run's UNet calls). Nothing else of the reference row (its
+    ``efficiency``, ``action_clipped``, ...) is copied.
+    """
+    rows = []
+    for row in reference.rows:
+        terms = {key: 0.0 for key in row if key.startswith(("term_", "weighted_")) or key == "guidance_evals"}
+        rows.append({**{k: row[k] for k in IDENTITY if k in row},
+                     **{k: v for k, v in row.items() if k.startswith("bicubic_")},
+                     **{m: row[b] for m, b in BICUBIC.items() if b in row},
+                     **terms, "unet_calls": 0.0, "nfe": 0.0, "seconds": math.nan, "reward": 0.0})
     return MethodResult(name="bicubic", rows=rows)
+
+
+def paired_columns(a: MethodResult, b: MethodResult, key: str, *,
+                   category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``key`` of ``a`` and of ``b`` on the same images, paired by ``image_index`` (sorted), for
+    :func:`paired_interval`; only the images of ``category`` when given.
+
+    ValueError when the two results do not cover the same images (or one repeats an image):
+    a paired difference needs both methods on every image.
+    """
+    rows = []
+    for result in (a, b):
+        by_index = {int(row["image_index"]): row for row in result.rows}
+        if len(by_index) != len(result.rows):
+            raise ValueError(f"{result.name}: some image_index appears in more than one row; pairing needs "
+                             "one row per image")
+        rows.append(by_index)
+    if rows[0].keys() != rows[1].keys():
+        only_a, only_b = sorted(rows[0].keys() - rows[1].keys()), sorted(rows[1].keys() - rows[0].keys())
+        raise ValueError(
+            f"{a.name} and {b.name} cover different images ({len(only_a)} only in {a.name}, e.g. {only_a[:5]}; "
+            f"{len(only_b)} only in {b.name}, e.g. {only_b[:5]}); evaluate both on the same split, "
+            "categories and max_images"
+        )
+    indices = sorted(i for i in rows[0] if category in (None, "all", rows[0][i].get("category")))
+    first, second = (np.array([by_index[i].get(key, math.nan) for i in indices], dtype=np.float64)
+                     for by_index in rows)
+    return first, second
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -336,12 +462,13 @@ def write_report(
                 continue
             base = by_name[base_name]
             for category in [*categories, "all"]:
-                pick = [i for i, r in enumerate(rl.rows) if category in ("all", r["category"])]
-                cells = []
+                cells, n = [], 0
                 for m in [*metrics, "reward"]:
-                    mean, low, high = paired_interval(rl.column(m)[pick], base.column(m)[pick])
+                    rl_values, base_values = paired_columns(rl, base, m, category=category)
+                    n = len(rl_values)
+                    mean, low, high = paired_interval(rl_values, base_values)
                     cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
-                lines.append(f"| {base_name} | {category} | {len(pick)} | " + " | ".join(cells) + " |")
+                lines.append(f"| {base_name} | {category} | {n} | " + " | ".join(cells) + " |")
     paths = {"table": out_dir / "table.md", "csv": out_dir / "per_image.csv"}
     atomic_write_text(paths["table"], "\n".join(lines) + "\n")
     keys = sorted({k for method in methods for row in method.rows for k in row})

