@@ -7,7 +7,7 @@ Each coordinate controls one sampler parameter, mapped linearly from [-1, 1] ont
 | stride        | 1 .. max_stride  | schedule entries to advance (equal-width bins of [-1, 1]) |
 | eta           | 0 .. 1           | DDIM stochasticity                                          |
 | noise_scale   | 0 .. 2           | multiplier of the fresh noise (1 = DDIM's own)              |
-| guidance      | off, or 0 .. 1   | LR-consistency guidance strength (fraction of LR error removed) |
+| guidance      | off, or 0 .. 1   | LR-consistency guidance step (first-order fraction of the LR error removed; see ``sampler.guide_x0``) |
 
 Guidance costs a decoder forward and backward per guided step, so "off" is a choice of its own:
 the lower ``guidance_off_fraction`` (default half) of its coordinate turns guidance off, and the

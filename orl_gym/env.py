@@ -528,7 +528,7 @@ class LDMSuperResolutionEnv(gym.Env):
     | 0   | stride      | 1 .. 4          | equal-width bins, one per stride       | schedule entries to advance (k skips k - 1 UNet calls) |
     | 1   | eta         | 0 .. 1          | linear                                 | DDIM stochasticity                                     |
     | 2   | noise_scale | 0 .. 2          | linear                                 | multiplier of the fresh noise                          |
-    | 3   | guidance    | off, or 0 .. 1  | off on the lower half, then linear     | LR-consistency guidance (fraction of LR error removed) |
+    | 3   | guidance    | off, or 0 .. 1  | off on the lower half, then linear     | LR-consistency guidance step (``sampler.guide_x0``)     |
 
     Inactive parameters take ``ActionConfig.defaults`` (stride 1, eta 0, noise scale 1, guidance
     off: plain DDIM), and so does ``orl_gym.actions.encode_params(config)`` as an action.

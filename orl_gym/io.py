@@ -33,7 +33,13 @@ __all__ = [
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on success fsync and move it into place."""
+    """Open a temporary sibling of ``path`` for writing; on success fsync and move it into place.
+
+    Write modes only (``"w"``, ``"wb"``, ``"x"``, ``"xb"``): the temporary file starts empty, so a
+    read or append mode would replace the file with what was written alone."""
+    if mode not in ("w", "wb", "x", "xb", "wt", "xt"):
+        raise ValueError(f"atomic_open: mode {mode!r} is not a write mode ('w' or 'wb'); it replaces "
+                         "the whole file, so append with a plain open()")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -32,6 +32,8 @@ clamped to [0, 1].
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,6 +65,22 @@ def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False)
 
 
+def _in_float32(fix):
+    """Run ``fix`` in float32 and return ``sr``'s dtype: PyTorch's antialiased bicubic (the LR
+    downsampling) has no float16 / bfloat16 kernel on CPU, and the fixes add small corrections
+    that half precision would round away."""
+
+    @functools.wraps(fix)
+    def wrapper(sr: Tensor, lr: Tensor, *args, **kwargs) -> Tensor:
+        if sr.dtype == torch.float32 and lr.dtype == torch.float32:
+            return fix(sr, lr, *args, **kwargs)
+        _check(sr, lr)
+        return fix(sr.float(), lr.float(), *args, **kwargs).to(sr.dtype)
+
+    return wrapper
+
+
+@_in_float32
 def match_mean_colour(sr: Tensor, lr: Tensor) -> Tensor:
     """``sr`` shifted per image and channel so that ``down(sr)`` has the mean colour of ``lr``."""
     _check(sr, lr)
@@ -86,6 +104,7 @@ def _wavelet_split(images: Tensor, levels: int = WAVELET_LEVELS) -> tuple[Tensor
     return images - low, low
 
 
+@_in_float32
 def wavelet_colour_fix(sr: Tensor, lr: Tensor) -> Tensor:
     """StableSR's wavelet colour fix: high bands of ``sr`` + the lowest band of ``up(lr)``."""
     _check(sr, lr)
@@ -94,6 +113,7 @@ def wavelet_colour_fix(sr: Tensor, lr: Tensor) -> Tensor:
     return (high + low).clamp(0.0, 1.0)
 
 
+@_in_float32
 def back_project(sr: Tensor, lr: Tensor, *, iterations: int = 1) -> Tensor:
     """Iterative back-projection: ``sr <- sr + up(lr - down(sr))``, ``iterations`` times."""
     _check(sr, lr)

@@ -7,8 +7,9 @@ This module measures both, so a benchmark can state next to a missed target whet
 could have met it here:
 
 - :func:`count_flops`: FLOPs of one call, from ``torch.utils.flop_counter`` (convolutions and
-  matrix products, forward and backward; element-wise work is *not* counted, so the count is a
-  lower bound on the work);
+  matrix products, forward and backward; element-wise work and fused attention
+  (``scaled_dot_product_attention``) are *not* counted, so the count is a lower bound on the
+  work);
 - :func:`matmul_gflops`: the rate of a large square float32 matrix product on the device with
   the current torch threads (about the practical peak of dense float32 arithmetic there);
 - :class:`ComputeBound`: the two put together for one target.
@@ -45,6 +46,10 @@ class _FlopCount(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if "scaled_dot_product" in func.name():
+            # Fused attention: torch has formulas for its CUDA kernels but none for the CPU one,
+            # so counting it would make a count (and the env's guidance cost) depend on the device.
+            return func(*args, **kwargs)
         if func not in flop_registry and func is not torch.ops.prim.device.default:
             with self:  # count a composite op through the ops it decomposes into
                 result = func.decompose(*args, **kwargs)

@@ -368,6 +368,8 @@ def verify_state_dict(state_dict: Mapping[str, torch.Tensor], *, check_digest: b
             f"Real-ESRGAN state dict has wrong keys (missing {missing[:5]}, unexpected {extra[:5]})"
         )
     for key, shape in expected.items():
+        if not isinstance(state_dict[key], torch.Tensor):
+            raise ValueError(f"Real-ESRGAN {key} is a {type(state_dict[key]).__name__}, not a tensor")
         if tuple(state_dict[key].shape) != shape:
             raise ValueError(
                 f"Real-ESRGAN {key} has shape {tuple(state_dict[key].shape)}, expected {shape}"

@@ -37,3 +37,13 @@ def test_write_report_is_newline_terminated_and_printed(tmp_path, capsys):
     text = write_report(path, ["# Title", "", "| a |", ""])
     assert path.read_text() == text == "# Title\n\n| a |\n"
     assert capsys.readouterr().out == text
+
+
+@pytest.mark.parametrize("mode", ["a", "r", "r+", "ab"])
+def test_atomic_open_refuses_modes_that_would_replace_the_file_with_a_fragment(tmp_path, mode):
+    path = tmp_path / "log.txt"
+    path.write_text("line 1\n")
+    with pytest.raises(ValueError, match="not a write mode"):
+        with atomic_open(path, mode):
+            pass
+    assert path.read_text() == "line 1\n"

@@ -108,3 +108,13 @@ def test_images_smaller_than_the_largest_dilation_work(name):
     hr, lr = _pair(side=8)  # 8x8 output, 2x2 LR: replicate padding needs no minimum size
     cast = torch.tensor([0.1, -0.08, 0.05]).view(1, 3, 1, 1)
     assert (psnr(apply_output_fix(name, hr + cast, lr), hr) > psnr(hr + cast, hr) + 10).all()
+
+
+@pytest.mark.parametrize("name", OUTPUT_FIXES[1:])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_fixed_in_float32_on_cpu(name, dtype):
+    sr, lr = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8)
+    out = apply_output_fix(name, sr.to(dtype), lr.to(dtype))
+    assert out.dtype == dtype
+    reference = apply_output_fix(name, sr.to(dtype).float(), lr.to(dtype).float())
+    torch.testing.assert_close(out.float(), reference, atol=1e-2, rtol=0)

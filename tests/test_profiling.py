@@ -51,3 +51,17 @@ def test_compute_bound_compares_the_needed_rate_with_the_ceiling():
     assert "1000.0 MFLOP per image" in text and "above that ceiling" in text
     with pytest.raises(ValueError, match="budget_s"):
         ComputeBound(work_flops=1e9, budget_s=0.0, ceiling_gflops=50)
+
+
+def test_fused_attention_is_not_counted_on_any_device(monkeypatch):
+    # torch has formulas for CUDA's attention kernels, none for the CPU one: counting it would make
+    # the env's guidance cost depend on the device. Give the CPU kernel a formula, as the CUDA ones
+    # have, and it is still not counted. The same attention as plain matmuls counts.
+    from torch.utils import flop_counter
+
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    monkeypatch.setitem(flop_counter.flop_registry, cpu_attention,
+                        lambda q, k, v, *args, out_val=None, **kwargs: flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape))
+    q = torch.randn(1, 1, 64, 16)
+    assert count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q) == 0
+    assert count_flops(lambda: (q @ q.transpose(-1, -2)).softmax(-1) @ q) == 2 * 2 * 64 * 64 * 16

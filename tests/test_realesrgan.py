@@ -119,6 +119,12 @@ def test_missing_or_damaged_weights_name_the_command(tmp_path):
     realesrgan.cached_weights_path(tmp_path).write_bytes(b"not a checkpoint")
     with pytest.raises(realesrgan.RealESRGANWeightsNotFoundError, match="--realesrgan --force"):
         realesrgan.load_realesrgan_x4plus(cache_dir=tmp_path)
+    # The right keys holding something other than tensors: damaged too, not an AttributeError.
+    with torch.device("meta"):
+        keys = list(realesrgan.RRDBNet().state_dict())
+    torch.save({key: 0 for key in keys}, realesrgan.cached_weights_path(tmp_path))
+    with pytest.raises(realesrgan.RealESRGANWeightsNotFoundError, match="--realesrgan --force"):
+        realesrgan.load_realesrgan_x4plus(cache_dir=tmp_path)
 
 
 def test_matches_ncnn_inference(ncnn_model, upsampler, tmp_path):

@@ -164,6 +164,38 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(tiny_model):
             sampler.step(tiny_model, schedule, state, params)
     with pytest.raises(ValueError, match="num_inference_steps"):
         Schedule.from_model(tiny_model, 0)
+    with pytest.raises(ValueError, match="empty batch"):
+        sampler.init_state(tiny_model, schedule, torch.rand(0, 3, LR_SIZE, LR_SIZE), ())
+    latent_shape = (1, tiny_model.latent_channels, LR_SIZE, LR_SIZE)
+    for bad in (torch.full(latent_shape, float("nan")), torch.zeros(latent_shape).numpy()):
+        with pytest.raises(ValueError, match="latents"):
+            sampler.init_state(tiny_model, schedule, _lr(1), gens, latents=bad)
+    with pytest.raises(ValueError, match="noise"):
+        sampler.step(tiny_model, schedule, state, StepParams(eta=1.0), noise=torch.full(latent_shape, float("nan")))
+
+
+def test_non_leading_spacing_steps_to_the_next_timestep_of_the_schedule(tiny_model):
+    """DDIM between consecutive schedule entries whatever the spacing (diffusers' DDIMScheduler.step
+    takes t - T // n instead, off the "linspace" grid: huggingface/diffusers#12633)."""
+    model = tiny_model.with_scheduler_config(timestep_spacing="linspace")
+    schedule = Schedule.from_model(model, 6)
+    timesteps = schedule.timesteps.tolist()
+    assert timesteps[1] != timesteps[0] - model.num_train_timesteps // 6  # a grid diffusers steps off
+    lr = _lr(1)
+    state = sampler.init_state(model, schedule, lr, sampler.make_generators([0]))
+    out = sampler.step(model, schedule, state, StepParams())
+    alphas = model.scheduler.alphas_cumprod
+    a_t, a_prev = alphas[timesteps[0]], alphas[timesteps[1]]
+    with torch.no_grad():
+        eps = model.unet(torch.cat([state.latents, lr * 2 - 1], dim=1), timesteps[0]).sample
+    if model.scheduler.config.prediction_type == "v_prediction":
+        x0, eps = a_t.sqrt() * state.latents - (1 - a_t).sqrt() * eps, a_t.sqrt() * eps + (1 - a_t).sqrt() * state.latents
+    else:
+        x0 = (state.latents - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if model.scheduler.config.clip_sample:
+        x0 = x0.clamp(-model.scheduler.config.clip_sample_range, model.scheduler.config.clip_sample_range)
+    expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps  # eta 0: DDIM eq. 12
+    torch.testing.assert_close(out.state.latents, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_guidance_cost_counts_decoder_flops(tiny_model):
