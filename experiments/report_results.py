@@ -55,6 +55,7 @@ from orl_gym.evaluation import (
     evaluate_method,
     evaluate_upsampler,
     grid_search_constant_action,
+    paired_columns,
     paired_interval,
     paper_category,
     plot_policy_trace,
@@ -104,10 +105,7 @@ def mean_of(result: MethodResult, metric: str, category: str) -> float:
 
 
 def interval(a: MethodResult, b: MethodResult, metric: str, category: str) -> tuple[float, float, float]:
-    if [r["image_index"] for r in a.rows] != [r["image_index"] for r in b.rows]:
-        raise ValueError(f"{a.name} and {b.name} were not evaluated on the same images")
-    pick = [i for i, row in enumerate(a.rows) if category in ("all", row["paper_category"])]
-    return paired_interval(a.column(metric)[pick], b.column(metric)[pick])
+    return paired_interval(*paired_columns(a, b, metric, category=category, category_key="paper_category"))
 
 
 def fmt(value: float, digits: int = 3, sign: bool = False) -> str:

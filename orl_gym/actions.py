@@ -67,14 +67,17 @@ class ActionConfig:
             raise ValueError(f"guidance_off_fraction: expected a value in [0, 1), got {self.guidance_off_fraction}")
         if self.eta_range[1] > 1.0:
             raise ValueError(f"eta_range: eta must stay in [0, 1], got {self.eta_range}")
-        # A partial mapping changes only what it names; each default must be a value the
-        # parameter can take (guidance: 0 = off, or inside its range).
+        # A partial mapping changes only what it names. The defaults of inactive parameters are
+        # what every step uses, so each must be a value the parameter can take (guidance: 0 = off,
+        # or inside its range); an active parameter's default is only encode_params' (checked there).
         unknown = sorted(set(self.defaults) - set(PARAMETERS))
         if unknown:
             raise ValueError(f"defaults: unknown parameters {unknown}; parameters: {PARAMETERS}")
         defaults = {**PLAIN_DDIM, **{k: float(v) for k, v in self.defaults.items()}}
         object.__setattr__(self, "defaults", defaults)
         for name, value in defaults.items():
+            if name in parameters:
+                continue
             low, high = self.range_of(name)
             if name == "stride" and value != int(value):
                 raise ValueError(f"defaults: stride must be an integer, got {value}")

@@ -37,7 +37,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import nn
 
 from orl_gym import ENV_ID
-from orl_gym.configs import CONFIG_DIR
+from orl_gym.configs import CONFIG_DIR, yaml_error_summary
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = ["ALGORITHMS", "FlattenDictObservation", "LDMSRFeatureExtractor", "TrainingMonitor", "build_agent",
@@ -76,28 +76,20 @@ class FlattenDictObservation(VecEnvWrapper):
 
     def __init__(self, venv: VecEnv) -> None:
         spaces = venv.observation_space.spaces
-        self.keys = sorted(spaces)
         low = flatten_observation({k: s.low[None] for k, s in spaces.items()})[0]
         high = flatten_observation({k: s.high[None] for k, s in spaces.items()})[0]
         super().__init__(venv, observation_space=gym.spaces.Box(low, high, low.shape, np.float32))
 
-    @staticmethod
-    def _scaled(key: str, values: np.ndarray) -> np.ndarray:
-        return _scaled(key, values)
-
-    def _flatten(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return flatten_observation(obs)
-
     def reset(self) -> np.ndarray:
-        return self._flatten(self.venv.reset())
+        return flatten_observation(self.venv.reset())
 
     def step_wait(self):
         obs, rewards, dones, infos = self.venv.step_wait()
         for info in infos:
             if "terminal_observation" in info:
                 terminal = {k: v[None] for k, v in info["terminal_observation"].items()}
-                info["terminal_observation"] = self._flatten(terminal)[0]
-        return self._flatten(obs), rewards, dones, infos
+                info["terminal_observation"] = flatten_observation(terminal)[0]
+        return flatten_observation(obs), rewards, dones, infos
 
 
 def wrap_for(hyperparams: dict[str, Any], env: VecEnv) -> VecEnv:
@@ -193,15 +185,6 @@ def build_agent(
         raise ValueError(f"hyperparameters: {cls.__name__} rejected them ({error}); check agents/{algo}.yml / "
                          "--params") from error
     return model, timesteps
-
-
-def yaml_error_summary(error: yaml.YAMLError) -> str:
-    """A YAML parse error in one line: the problem and where (PyYAML's own text spans lines)."""
-    problem = getattr(error, "problem", None)
-    mark = getattr(error, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(error).split())
 
 
 class LDMSRFeatureExtractor(BaseFeaturesExtractor):

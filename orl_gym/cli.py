@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from orl_gym.configs import parse_yaml_value, yaml_error_summary
+
 __all__ = ["main"]
 
 DEFAULT_RUNS = Path("runs")
@@ -39,20 +41,10 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _yaml_summary(error: yaml.YAMLError) -> str:
-    from orl_gym.agents import yaml_error_summary
-
-    return yaml_error_summary(error)
-
-
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from orl_gym.configs import env_preset
 
-    try:
-        kwargs = env_preset(args.env)
-    except yaml.YAMLError as error:
-        raise ValueError(f"--env {args.env}: not valid YAML ({_yaml_summary(error)})") from None
-    return _with_overrides(kwargs, args)
+    return _with_overrides(env_preset(args.env), args)
 
 
 def _read_run_config(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -61,7 +53,7 @@ def _read_run_config(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({_yaml_summary(error)}); it is written by orl-gym train") from None
+        raise ValueError(f"{path}: not valid YAML ({yaml_error_summary(error)}); it is written by orl-gym train") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: not a run configuration (a mapping with {', '.join(keys)}, as orl-gym train "
                          "writes it)")
@@ -79,14 +71,8 @@ def _with_params(hyperparams: dict[str, Any], items: list[str] | None) -> dict[s
     """Hyperparameters after the command line's --params KEY=VALUE (values are YAML)."""
     hyperparams = dict(hyperparams)
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--params: expected KEY=VALUE, got {item!r}")
-        try:
-            hyperparams[key] = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            raise ValueError(f"--params {item}: the value is not valid YAML ({_yaml_summary(error)}); quote "
-                             "it for the shell, e.g. 'net_arch=[64, 64]'") from None
+        key, value = parse_yaml_value(item, "--params", "net_arch=[64, 64]")
+        hyperparams[key] = value
     return hyperparams
 
 
@@ -99,14 +85,7 @@ def _with_overrides(kwargs: dict[str, Any], args: argparse.Namespace) -> dict[st
         value = getattr(args, key, None)
         if value is not None:
             kwargs[key] = value
-    overrides = getattr(args, "env_overrides", None) or []
-    for item in overrides:
-        try:
-            yaml.safe_load(item.partition("=")[2])
-        except yaml.YAMLError as error:
-            raise ValueError(f"--env-kwargs {item}: the value is not valid YAML ({_yaml_summary(error)}); quote "
-                             "it for the shell, e.g. 'actions.parameters=[stride, eta]'") from None
-    kwargs = apply_env_overrides(kwargs, overrides)
+    kwargs = apply_env_overrides(kwargs, getattr(args, "env_overrides", None) or [])
     if kwargs.get("device", "cpu") == "cpu":
         kwargs["dtype"] = "float32"
     return kwargs
@@ -170,7 +149,7 @@ def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
                          f"{run_dir / 'config.yaml'}), or start a new run with another --run-dir")
     if args.timesteps:
         config["timesteps"] = args.timesteps
-    for key in ("eval_freq", "eval_images"):
+    for key in ("eval_freq", "eval_images", "agent_device"):
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
     return run_dir, config
@@ -211,7 +190,7 @@ def train(args: argparse.Namespace) -> Path:
                   f"{args.env!r}); --n-envs / --params override them", file=sys.stderr)
         config = {"algo": args.algo, "env": args.env, "env_kwargs": env_kwargs, "hyperparams": hyperparams,
                   "seed": args.seed, "timesteps": timesteps, "n_envs": n_envs,
-                  "eval_freq": args.eval_freq, "eval_images": args.eval_images}
+                  "eval_freq": args.eval_freq, "eval_images": args.eval_images, "agent_device": args.agent_device}
 
     # Env and agent first: a run that cannot start leaves no folder behind (nor a changed one).
     env = wrap_for(config["hyperparams"], make_sb3_env(num_envs=config["n_envs"], **config["env_kwargs"]))
@@ -219,7 +198,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.resume:
         model = algorithm_class(config["algo"]).load(run_dir / "checkpoints" / "latest.zip", env=env,
                                                      tensorboard_log=str(run_dir / "tb"),
-                                                     device=args.agent_device or "auto")
+                                                     device=config.get("agent_device", "auto"))
     else:
         model, _ = build_agent(config["algo"], env, config["hyperparams"], seed=config["seed"],
                                device=args.agent_device, tensorboard_log=str(run_dir / "tb"))
@@ -409,21 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)",
                             description="Train an agent in a new run folder, or continue one with --resume. A "
                             "resumed run keeps its configuration: it accepts --timesteps, --eval-freq, "
-                            "--eval-images (recorded in its config.yaml), --agent-device and --no-progress; the "
+                            "--eval-images, --agent-device (recorded in its config.yaml) and --no-progress; the "
                             "other options are an error unless they repeat the run's own values.")
-    p.add_argument("--algo", help=f"one of {', '.join(ALGORITHMS)} (default ppo)")
-    env_options(p, env_help="env preset name or .yml path (default tiny-x4)")
+    p.add_argument("--algo", help=f"one of {', '.join(ALGORITHMS)} (default {TRAIN_DEFAULTS['algo']})")
+    env_options(p, env_help=f"env preset name or .yml path (default {TRAIN_DEFAULTS['env']})")
     p.add_argument("--timesteps", type=int, help="total timesteps (default: the YAML's n_timesteps)")
     p.add_argument("--n-envs", type=int, help="images per batch (default: the YAML's n_envs)")
     p.add_argument("--params", nargs="+", metavar="KEY=VALUE",
                    help="override hyperparameters of the YAML entry, e.g. n_steps=32 learning_rate=1e-4")
-    p.add_argument("--seed", type=int, help="default 42, the paper's seed")
+    p.add_argument("--seed", type=int, help=f"default {TRAIN_DEFAULTS['seed']}, the paper's seed")
     p.add_argument("--run-dir", help="run folder (default: runs/<algo>-<env>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/latest.zip")
-    p.add_argument("--eval-freq", type=int, help="timesteps between validation evaluations (default 10000)")
-    p.add_argument("--eval-images", type=int, help="validation images per evaluation (default 64)")
-    p.add_argument("--agent-device", help="device of the policy network (default cpu; with --resume, SB3's "
-                   "choice); the env has --device")
+    p.add_argument("--eval-freq", type=int, help=f"timesteps between validation evaluations (default {TRAIN_DEFAULTS['eval_freq']})")
+    p.add_argument("--eval-images", type=int, help=f"validation images per evaluation (default {TRAIN_DEFAULTS['eval_images']})")
+    p.add_argument("--agent-device", help=f"device of the policy network (default {TRAIN_DEFAULTS['agent_device']}; "
+                   "a resumed run keeps its own); the env has --device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)
 
@@ -481,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         # one line that says what exists or what to run, not a traceback.
         return _fail(str(err))
     except yaml.YAMLError as err:  # a YAML file read below the command line's own checks
-        return _fail(f"not valid YAML ({_yaml_summary(err)})")
+        return _fail(f"not valid YAML ({yaml_error_summary(err)})")
 
 
 if __name__ == "__main__":

@@ -443,6 +443,7 @@ def degrade(
     degradation: Degradation = Degradation(),
     generator: Generators = None,
     quantize: bool = False,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Make LR images from HR images: blur, antialiased bicubic downsampling, noise, JPEG.
 
@@ -456,6 +457,8 @@ def degrade(
         quantize: Round LR to 8-bit levels (k / 255), like a stored image. Off by default so the
             function stays differentiable for consistency terms; ``PairDataset`` turns it on.
             JPEG always quantizes.
+        check_values: Check that HR is finite and in [0, 1] (one host sync); ``PairDataset``,
+            whose HR is decoded 8-bit pixels / 255, skips it.
 
     Returns:
         (B, 3, H / scale, W / scale) float32 in [0, 1] on ``hr``'s device.
@@ -479,7 +482,8 @@ def degrade(
             f"HR size {height}x{width} is not divisible by scale={scale}: crop HR to a multiple "
             "of the scale first"
         )
-    _check_unit_range(hr)
+    if check_values:
+        _check_unit_range(hr)
     image = hr.float()
     if degradation.blur_sigma > 0:
         radius = _blur_radius(degradation.blur_sigma)
@@ -1476,6 +1480,7 @@ class PairDataset:
             degradation=self.config.degradation,
             generator=generator,
             quantize=True,
+            check_values=False,  # 8-bit pixels / 255: in [0, 1] by construction, no host sync per reset
         )
         used_tensor = torch.tensor(used, dtype=torch.int64)
         return PairBatch(

@@ -191,6 +191,8 @@ def _check_model_placement(model: LDMSR, config: EnvConfig) -> None:
     """An ``LDMSR`` object runs where it is: ``device`` and ``dtype`` must say the same, since the
     dataset and the reward networks are placed by them (a mismatch would fail deep in torch)."""
     want = torch.device(config.device)
+    if want.type == "cuda" and want.index is None and torch.cuda.is_available():
+        want = torch.device("cuda", torch.cuda.current_device())  # where "cuda" puts the dataset and reward
     if model.device.type != want.type or (want.index is not None and model.device.index != want.index):
         raise ValueError(f"model: the LDMSR object is on {model.device}, but device={config.device!r}; pass "
                          f"device={str(model.device)!r} or move the model with model.to({config.device!r})")
@@ -209,7 +211,7 @@ def build_params(config: EnvConfig) -> EnvParams:
         model = _cached_model(str(config.model), device, config.dtype)
     scale = model.scale_factor
     if config.hr_size % model.hr_multiple:
-        # Caught here: otherwise the UNet's skip connections fail on mismatched sizes deep in torch.
+        # At construction, before the dataset loads (sampler.init_state would say it at the first reset).
         fit = max(model.hr_multiple, round(config.hr_size / model.hr_multiple) * model.hr_multiple)
         raise ValueError(
             f"hr_size: {config.hr_size} px does not fit this model: HR sides must be multiples of "

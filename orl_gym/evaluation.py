@@ -396,10 +396,10 @@ def bicubic_result(reference: MethodResult) -> MethodResult:
     return MethodResult(name="bicubic", rows=rows)
 
 
-def paired_columns(a: MethodResult, b: MethodResult, key: str, *,
-                   category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def paired_columns(a: MethodResult, b: MethodResult, key: str, *, category: str | None = None,
+                   category_key: str = "category") -> tuple[np.ndarray, np.ndarray]:
     """``key`` of ``a`` and of ``b`` on the same images, paired by ``image_index`` (sorted), for
-    :func:`paired_interval`; only the images of ``category`` when given.
+    :func:`paired_interval`; only the images whose ``category_key`` is ``category`` when given.
 
     ValueError when the two results do not cover the same images (or one repeats an image):
     a paired difference needs both methods on every image.
@@ -418,7 +418,7 @@ def paired_columns(a: MethodResult, b: MethodResult, key: str, *,
             f"{len(only_b)} only in {b.name}, e.g. {only_b[:5]}); evaluate both on the same split, "
             "categories and max_images"
         )
-    indices = sorted(i for i in rows[0] if category in (None, "all", rows[0][i].get("category")))
+    indices = sorted(i for i in rows[0] if category in (None, "all", rows[0][i].get(category_key)))
     first, second = (np.array([by_index[i].get(key, math.nan) for i in indices], dtype=np.float64)
                      for by_index in rows)
     return first, second

@@ -79,7 +79,10 @@ def load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Any]:
     try:
         state_dict = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated, foreign or non-tensor files alike
-        raise ValueError(f"{path} is not a readable torch state dict: {error}") from error
+        # One line, without torch's text: it spans lines and advises weights_only=False, which is
+        # not for downloaded files (the cause stays chained for a traceback).
+        raise ValueError(f"{path} is not a readable torch state dict (truncated, not a checkpoint, or "
+                         f"holding objects other than tensors: {type(error).__name__})") from error
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{path} does not hold a state dict")
     return state_dict

@@ -259,6 +259,8 @@ def verify_backbone_state_dict(
         )
     for key, shape in expected.items():
         tensor = state_dict[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{spec.arch} {key} is a {type(tensor).__name__}, not a tensor")
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{spec.arch} {key} has shape {tuple(tensor.shape)}, expected {shape}")
         if not torch.isfinite(tensor).all():
@@ -422,16 +424,9 @@ def _try_backbone_file(
 ) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(the verified backbone, "") or (None, what is wrong with the file, in one line)."""
     try:
-        checkpoint = load_state_dict_file(path)
-    except ValueError:
-        # torch's own message spans lines and suggests weights_only=False: not for a weight file.
-        return None, "not a readable torch state dict (truncated or not a checkpoint)"
-    state_dict = backbone_from_checkpoint(checkpoint, net)
-    try:
-        verify_backbone_state_dict(state_dict, net, check_digest=check_digest)
+        return load_backbone_file(path, net, check_digest=check_digest), ""
     except ValueError as error:
         return None, " ".join(str(error).split())
-    return state_dict, ""
 
 
 # --- command line -----------------------------------------------------------------------------

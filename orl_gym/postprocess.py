@@ -65,16 +65,18 @@ def _upsample(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _in_float32(fix):
-    """Run ``fix`` in float32 and return ``sr``'s dtype: PyTorch's antialiased bicubic (the LR
-    downsampling) has no float16 / bfloat16 kernel on CPU, and the fixes add small corrections
-    that half precision would round away."""
+    """Run ``fix`` on float16 / bfloat16 inputs in float32, returning ``sr``'s dtype: PyTorch's
+    antialiased bicubic (the LR downsampling) has no half kernel on CPU, and the fixes add small
+    corrections that half precision would round away. Other dtypes run as they are."""
 
     @functools.wraps(fix)
     def wrapper(sr: Tensor, lr: Tensor, *args, **kwargs) -> Tensor:
-        if sr.dtype == torch.float32 and lr.dtype == torch.float32:
+        if sr.dtype not in _HALF and lr.dtype not in _HALF:
             return fix(sr, lr, *args, **kwargs)
-        _check(sr, lr)
         return fix(sr.float(), lr.float(), *args, **kwargs).to(sr.dtype)
 
     return wrapper

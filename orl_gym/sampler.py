@@ -340,11 +340,10 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
     x <- x - strength * E(x) / ||g||^2 * g would cancel E at strength 1 if E were linear in x (the
     Polyak step size for a zero-minimum objective): ``strength`` sets the step as a fraction of
     that first-order estimate, independent of the decoder's gain. E is quadratic, not linear, so
-    small strengths remove about that fraction of the error, and large ones can overshoot: with
-    the bundled model on four smooth synthetic images with noisy LR inputs, strength 0.1 removed
-    6-7% of E and strength 1 *raised* it by 32-111% (when much of the residual lies outside what
-    the decoder can change, ||g|| is small and the step long). The agent learns which strengths
-    pay. Costs one decoder forward and backward
+    small strengths remove about that fraction of the error, and large ones can overshoot and
+    raise E (when much of the residual lies outside what the decoder can change, ||g|| is small
+    and the step long; a review found this for strength 1 on the bundled model). The agent learns
+    which strengths pay. Costs one decoder forward and backward
     (one ``guidance_evals``) per guided sample; only samples with strength > 0 pay it.
     """
     chunk = len(x0)

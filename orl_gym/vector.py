@@ -87,13 +87,13 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
             self.state = reset_rows(self.params, self.state, rows)
         return observe(self.params, self.state), self._reset_info()
 
-    def _reset_info(self, rows: np.ndarray | None = None) -> dict[str, Any]:
+    def _reset_info(self, reset: np.ndarray | None = None) -> dict[str, Any]:
         """The new episodes' info (which image), with Gymnasium's ``_key`` masks: for every row, or,
-        after a same-step autoreset, for ``rows`` only."""
+        after a same-step autoreset, for the rows where ``reset`` is True."""
         labels = self.state.labels.numpy()
-        mask = np.ones(self.num_envs, dtype=bool) if rows is None else np.isin(np.arange(self.num_envs), rows)
+        mask = np.ones(self.num_envs, dtype=bool) if reset is None else reset
         info = {"image_index": self.state.image_index.numpy().copy(), "label": labels.copy(),
-                "category": np.array([self.params.dataset.classes[i] for i in labels], dtype=object)}
+                "category": np.asarray(self.params.dataset.classes, dtype=object)[labels]}
         return {**info, **{f"_{key}": mask.copy() for key in info}}
 
     def step(self, actions):
@@ -124,11 +124,11 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
             # Same-step autoreset, by mask: only the finished rows get a new image and z_T.
             self.state = reset_rows(self.params, self.state, rows.tolist())
             obs = observe(self.params, self.state)
-            infos["action_clipped"] = np.where(done, 0, infos["action_clipped"])  # no action taken yet
-            infos["_action_clipped"] = ~done
-            infos["unet_calls"] = self.state.sampler.nfe.cpu().numpy()
+            # The new episodes have taken no action and made no UNet call yet.
+            infos["action_clipped"] = np.where(done, 0, infos["action_clipped"])
+            infos["unet_calls"] = np.where(done, 0, infos["unet_calls"])
             infos.update({"final_obs": final_obs, "_final_obs": done.copy(),
-                          "final_info": final_info, "_final_info": done.copy(), **self._reset_info(rows)})
+                          "final_info": final_info, "_final_info": done.copy(), **self._reset_info(done)})
         return obs, result.reward, result.terminated, result.truncated, infos
 
     def render(self):

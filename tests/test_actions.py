@@ -44,9 +44,9 @@ def test_inactive_parameters_take_defaults_and_clipping_is_counted():
     (dict(eta_range=(0.0, 1.5)), "eta_range"),
     (dict(guidance_off_fraction=1.0), "guidance_off_fraction"),
     (dict(defaults={"temperature": 1.0}), "unknown parameters"),
-    (dict(defaults={"stride": 9}), "stride = 9.0 is outside"),
-    (dict(defaults={"stride": 1.5}), "stride must be an integer"),
-    (dict(defaults={"eta": 2.0}), "eta = 2.0 is outside"),
+    (dict(parameters=("eta",), defaults={"stride": 9}), "stride = 9.0 is outside"),
+    (dict(parameters=("eta",), defaults={"stride": 1.5}), "stride must be an integer"),
+    (dict(parameters=("stride",), defaults={"eta": 2.0}), "eta = 2.0 is outside"),
 ])
 def test_bad_configs(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -63,6 +63,14 @@ def test_bad_actions():
         encode_params(config, stride=2.5)
     with pytest.raises(ValueError, match="not an active parameter"):
         encode_params(ActionConfig(parameters=("eta",)), stride=2)
+
+
+def test_an_active_parameters_range_need_not_hold_its_default():
+    # eta's default 0 is used only by encode_params when eta is active: the range alone is valid.
+    config = ActionConfig(eta_range=(0.2, 1.0))
+    with pytest.raises(ValueError, match="eta: 0.0 is outside its range"):
+        encode_params(config)
+    assert decode_action(encode_params(config, eta=0.2), config).params.eta.item() == pytest.approx(0.2)
 
 
 def test_a_partial_defaults_mapping_changes_only_what_it_names():

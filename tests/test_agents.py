@@ -65,8 +65,12 @@ def test_a_crossq_model_loaded_from_disk_is_scored_on_its_training_layout(venv, 
     model.save(tmp_path / "crossq.zip")
     loaded = CrossQ.load(tmp_path / "crossq.zip", device="cpu")
     assert loaded.get_env() is None
+    venv.seed(0)
     obs = venv.reset()  # the Dict observation, keys in the env's order (lr, latent, progress)
-    expected, _ = loaded.predict(wrapped._flatten(obs), deterministic=True)
+    assert list(obs) != sorted(obs)
+    wrapped.seed(0)
+    flat = wrapped.reset()  # the same observation, as training fed it to the model
+    expected, _ = loaded.predict(flat, deterministic=True)
     actions = SB3Policy(loaded)(obs, np.ones(venv.num_envs, dtype=bool))
     np.testing.assert_array_equal(actions, expected)
 

@@ -250,29 +250,6 @@ def test_evaluate_method_closes_its_env(env_kwargs, monkeypatch):
     assert len(closed) == 1
 
 
-def test_a_flat_model_sees_the_layout_it_was_trained_on(tiny_model, image_folder):
-    # A CrossQ model loaded from disk has no env: SB3Policy must flatten the Dict observation
-    # exactly as FlattenDictObservation did in training (the dict's own key order differs).
-    import orl_gym
-    from orl_gym.agents import FlattenDictObservation
-    from orl_gym.evaluation import SB3Policy
-    from orl_gym.vector import LDMSuperResolutionVectorEnv
-
-    kwargs = dict(model=tiny_model, data=str(image_folder), hr_size=32, num_inference_steps=4,
-                  reward={"lpips_net": None, "lpips_weight": 0.0})
-    trained_on = FlattenDictObservation(orl_gym.make_sb3_env(num_envs=2, **kwargs))
-
-    class Loaded:  # what CrossQ.load(path) gives `orl-gym evaluate`: a flat space, no env
-        observation_space = trained_on.observation_space
-
-        def get_env(self):
-            return None
-
-    obs, _ = LDMSuperResolutionVectorEnv(num_envs=2, **kwargs).reset(seed=0)
-    assert list(obs) != sorted(obs)  # the case that went wrong: lr, latent, progress
-    np.testing.assert_array_equal(SB3Policy(Loaded())._adapt(obs), trained_on._flatten(obs))
-
-
 def _rows(indices, psnr):
     return [{"image_index": i, "category": "c", "psnr": p, "ssim": 0.5, "bicubic_psnr": 20.0, "bicubic_ssim": 0.5,
              "unet_calls": 4.0, "seconds": 0.1, "reward": p / 10} for i, p in zip(indices, psnr, strict=True)]

@@ -430,6 +430,10 @@ def test_a_damaged_torchvision_checkpoint_does_not_hide_the_cache(no_weights_any
     text = str(error.value)
     assert str(damaged) in text and "fetch-weights --net alex" in text
     assert len(text.splitlines()) == 1 and "weights_only" not in text
+    # The right keys holding other things than tensors: damaged the same way (not an AttributeError).
+    torch.save({key: 0 for key in lpips_weights.backbone_spec("alex").expected_shapes()}, damaged)
+    with pytest.warns(RuntimeWarning, match="not a tensor"), pytest.raises(LPIPSWeightsNotFoundError):
+        LPIPS("alex")
 
 
 def test_fetch_weights_errors_are_one_line(tmp_path, monkeypatch, capsys):

@@ -13,9 +13,31 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_DIR", "apply_env_overrides", "env_preset", "env_presets"]
+__all__ = ["CONFIG_DIR", "apply_env_overrides", "env_preset", "env_presets", "parse_yaml_value", "yaml_error_summary"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def yaml_error_summary(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: the problem and where (PyYAML's own text spans lines)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
+def parse_yaml_value(item: str, option: str, example: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of a command-line option as (key, YAML-parsed value); ValueError naming the
+    option, with ``example`` showing how to quote a value for the shell."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{option} {item}: the value is not valid YAML ({yaml_error_summary(error)}); quote "
+                         f"it for the shell, e.g. {example!r}") from None
 
 
 def env_presets() -> list[str]:
@@ -32,7 +54,10 @@ def env_preset(name_or_path: str | Path) -> dict[str, Any]:
         raise ValueError(f"env preset: no preset {str(name_or_path)!r}; presets: {', '.join(env_presets())} "
                          "(or a path to a .yml file)")
     with path.open() as f:
-        kwargs = yaml.safe_load(f) or {}
+        try:
+            kwargs = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"env preset: {path} is not valid YAML ({yaml_error_summary(error)})") from None
     if not isinstance(kwargs, dict):
         raise ValueError(f"env preset: {path} must hold a mapping of env arguments")
     return kwargs
@@ -66,10 +91,8 @@ def apply_env_overrides(kwargs: Mapping[str, Any], overrides: Iterable[str]) -> 
     overrides = list(overrides)
     result = copy.deepcopy(dict(kwargs))
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env-kwargs: expected KEY=VALUE, got {item!r}")
-        value = yaml.safe_load(text)
+        key, value = parse_yaml_value(item, "--env-kwargs", "actions.parameters=[stride, eta]")
+        text = item.partition("=")[2]
         head, dot, field = key.partition(".")
         if head not in names(EnvConfig):
             raise ValueError(f"--env-kwargs: unknown env argument {head!r}; accepted: {', '.join(names(EnvConfig))}")
