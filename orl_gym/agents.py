@@ -26,7 +26,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 from sb3_contrib import TQC, TRPO, CrossQ, RecurrentPPO
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -37,7 +36,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import nn
 
 from orl_gym import ENV_ID
-from orl_gym.configs import CONFIG_DIR, yaml_error_summary
+from orl_gym.configs import CONFIG_DIR, load_yaml_mapping
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = ["ALGORITHMS", "FlattenDictObservation", "LDMSRFeatureExtractor", "TrainingMonitor", "build_agent",
@@ -125,13 +124,7 @@ def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | No
     path = Path(conf_file) if conf_file else CONFIG_DIR / "agents" / f"{algo}.yml"
     if not path.is_file():
         raise ValueError(f"algo: no hyperparameter file {path}")
-    with path.open() as f:
-        try:
-            table = yaml.safe_load(f) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({yaml_error_summary(error)})") from None
-    if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a mapping of env ids to hyperparameters")
+    table = load_yaml_mapping(path, "env ids to hyperparameters")
     for key in (preset, ENV_ID):
         if key and key in table:
             return table, key

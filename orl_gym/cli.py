@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from orl_gym.configs import parse_yaml_value, yaml_error_summary
+from orl_gym.configs import load_yaml_mapping, parse_yaml_value, yaml_error_summary
 
 __all__ = ["main"]
 
@@ -50,13 +50,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _read_run_config(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A run folder's config.yaml, checked to hold ``keys`` (ValueError naming what is wrong)."""
     path = run_dir / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({yaml_error_summary(error)}); it is written by orl-gym train") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a run configuration (a mapping with {', '.join(keys)}, as orl-gym train "
-                         "writes it)")
+    config = load_yaml_mapping(path, f"a run's settings ({', '.join(keys)}, as orl-gym train writes them)")
     missing = [key for key in keys if key not in config]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: not a complete run configuration (orl-gym train "

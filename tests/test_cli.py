@@ -185,7 +185,7 @@ def test_bad_yaml_and_incomplete_run_configs_are_one_line_errors(preset, tmp_pat
     assert main(["train", "--env", str(preset), "--params", "net_arch=[64"]) == 2
     assert "--params net_arch=[64: the value is not valid YAML" in _one_line_error(capsys)
     assert main(["train", "--env", str(bad_env)]) == 2
-    assert f"env preset: {bad_env} is not valid YAML (" in _one_line_error(capsys)
+    assert f"{bad_env}: not valid YAML (" in _one_line_error(capsys)
     assert main(["train", "--env", str(preset), "--env-kwargs", "hr_size=[64"]) == 2
     assert "--env-kwargs hr_size=[64: the value is not valid YAML" in _one_line_error(capsys)
     run = _fake_run(tmp_path / "run", preset)

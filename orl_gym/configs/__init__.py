@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_DIR", "apply_env_overrides", "env_preset", "env_presets", "parse_yaml_value", "yaml_error_summary"]
+__all__ = ["CONFIG_DIR", "apply_env_overrides", "env_preset", "env_presets", "load_yaml_mapping", "parse_yaml_value",
+           "yaml_error_summary"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -25,6 +26,20 @@ def yaml_error_summary(error: yaml.YAMLError) -> str:
     if problem and mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return " ".join(str(error).split())
+
+
+def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty file: {}); ValueError naming the file when it does not
+    parse or holds something else (``what`` says what the mapping should be of)."""
+    path = Path(path)
+    with path.open() as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({yaml_error_summary(error)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}, got {type(data).__name__}")
+    return data
 
 
 def parse_yaml_value(item: str, option: str, example: str) -> tuple[str, Any]:
@@ -53,14 +68,7 @@ def env_preset(name_or_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"env preset: no preset {str(name_or_path)!r}; presets: {', '.join(env_presets())} "
                          "(or a path to a .yml file)")
-    with path.open() as f:
-        try:
-            kwargs = yaml.safe_load(f) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"env preset: {path} is not valid YAML ({yaml_error_summary(error)})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"env preset: {path} must hold a mapping of env arguments")
-    return kwargs
+    return load_yaml_mapping(path, "env arguments")
 
 
 def apply_env_overrides(kwargs: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
