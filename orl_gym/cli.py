@@ -232,6 +232,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         GRIDS,
         SB3Policy,
         constant_policy,
+        env_spaces,
         evaluate_method,
         fit_grid,
         grid_search_constant_action,
@@ -266,6 +267,9 @@ def evaluate(args: argparse.Namespace) -> Path:
     if target.is_dir():  # the run's env, with what the command line changes (a .zip's had them applied)
         env_kwargs = _with_overrides(env_kwargs, args)
     model = algorithm_class(algo).load(model_path, device="cpu")
+    policy = SB3Policy(model)
+    policy.check_spaces(*env_spaces(env_kwargs, split=args.split, categories=args.categories,
+                                    max_images=args.max_images))  # before No RL and the grid run
     actions = ActionConfig(**env_kwargs.get("actions", {}))
     grid, left_out = None, []
     if not args.no_grid:
@@ -290,7 +294,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings"
                      f"{' (left out: ' + '; '.join(left_out) + ')' if left_out else ''}, "
                      f"chosen by mean reward on {args.grid_max_images} validation images")
-    results.append(evaluate_method("RL", SB3Policy(model), env_kwargs, **common))
+    results.append(evaluate_method("RL", policy, env_kwargs, **common))
     header = "\n".join([
         f"# Evaluation of {model_path} ({algo})",
         "",

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_params
 from orl_gym.data import paper_category
-from orl_gym.env import EnvConfig, build_params
+from orl_gym.env import EnvConfig, build_params, observation_space
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 from orl_gym.precision import ieee_float32
 from orl_gym.vector import LDMSuperResolutionVectorEnv
@@ -90,6 +91,23 @@ class SB3Policy:
                                                  deterministic=self.deterministic)
         return actions
 
+    def check_spaces(self, observation_space: Any, action_space: Any) -> None:
+        """ValueError when the model was trained on other observation or action shapes than the
+        env's (another hr_size, model or action set): said before any image is scored."""
+        model_obs, model_act = self.model.observation_space, self.model.action_space
+        advice = "evaluate it with the env it was trained on (its run folder, or --env / --env-kwargs)"
+        if tuple(model_act.shape) != tuple(action_space.shape):
+            raise ValueError(f"the model's actions have shape {tuple(model_act.shape)}, this env's "
+                             f"{tuple(action_space.shape)} (another set of action parameters); {advice}")
+        expected = {key: tuple(space.shape) for key, space in observation_space.spaces.items()}
+        if hasattr(model_obs, "spaces"):
+            found = {key: tuple(space.shape) for key, space in model_obs.spaces.items()}
+        else:  # a flat model (CrossQ): the flattened size is what must agree
+            found, expected = tuple(model_obs.shape), (sum(math.prod(shape) for shape in expected.values()),)
+        if found != expected:
+            raise ValueError(f"the model's observations have shapes {found}, this env's {expected} (another "
+                             f"hr_size or model); {advice}")
+
     def _adapt(self, obs: dict[str, np.ndarray]) -> Any:
         # Models trained through FlattenDictObservation (CrossQ) expect one flat Box, in the
         # layout they were trained on (one helper for both sides: the keys' order matters).
@@ -111,6 +129,14 @@ class MethodResult:
     def column(self, key: str) -> np.ndarray:
         """One metric over the images; NaN where a metric was not computed (e.g. LPIPS disabled)."""
         return np.array([row.get(key, math.nan) for row in self.rows], dtype=np.float64)
+
+
+def env_spaces(env_kwargs: Mapping[str, Any], *, split: str, categories: Sequence[str] | None = None,
+               max_images: int | None = None) -> tuple[Any, Any]:
+    """The single-env (observation, action) spaces :func:`evaluate_method` will run with (the
+    params are cached, so the evaluation that follows loads nothing twice)."""
+    params = build_params(EnvConfig.from_kwargs(**_evaluation_kwargs(env_kwargs, split, categories, max_images)))
+    return observation_space(params), gym.spaces.Box(-1.0, 1.0, (params.actions.size,), np.float32)
 
 
 def _evaluation_kwargs(env_kwargs: Mapping[str, Any], split: str, categories: Sequence[str] | None,

@@ -94,7 +94,7 @@ def test_bad_input_gives_one_line(args, expected, capsys):
     assert expected in err and len(err.splitlines()) == 1
 
 
-def test_env_kwargs_reach_the_run_and_its_evaluation(preset, tmp_path):
+def test_env_kwargs_reach_the_run_and_its_evaluation(preset, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--env", str(preset), "--timesteps", "32", "--n-envs", "2", "--params", "n_steps=16",
                  "batch_size=32", "--eval-freq", "32", "--eval-images", "2", "--run-dir", str(run), "--no-progress",
@@ -108,6 +108,14 @@ def test_env_kwargs_reach_the_run_and_its_evaluation(preset, tmp_path):
     evaluated = yaml.safe_load((run / "evaluation" / "config.yaml").read_text())["env_kwargs"]
     assert evaluated["reward"] == {**env_kwargs["reward"], "psnr_weight": 1}
     assert evaluated["num_inference_steps"] == 6
+    # Observations of another shape than the model's (hr_size 48, not 32): one line, before any
+    # method is scored (no report folder written).
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--no-grid", "--n-envs", "2", "--env-kwargs", "hr_size=48",
+                 "--out", str(tmp_path / "mismatch")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the model's observations have shapes" in err and "hr_size" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "mismatch").exists()
 
 
 def test_unknown_category_lists_the_classes(preset, tmp_path, capsys):
