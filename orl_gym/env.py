@@ -412,21 +412,12 @@ class StepResult:
     terminated: np.ndarray  # (B,) bool: reached t = 0
     truncated: np.ndarray  # (B,) bool: step budget spent before t = 0
     action_clipped: np.ndarray  # (B,) int: action coordinates clipped to [-1, 1]
-    final_metrics: dict[str, np.ndarray]  # raw metrics of finished rows, NaN elsewhere
+    final_metrics: dict[str, np.ndarray]  # raw metrics of finished rows: float64 (NaN elsewhere), counts and indices int64 (-1)
     final_rows: torch.Tensor | None = None  # (F,) rows that finished this step (device)
     final_images: torch.Tensor | None = None  # (F, 3, H, W) their images in [0, 1] (device)
     final_hr: torch.Tensor | None = None  # (F, 3, H, W) their ground truth
     final_lr: torch.Tensor | None = None  # (F, 3, h, w) their LR inputs
     final_reward: RewardOutput | None = None  # their RewardModel.final output (device tensors)
-
-
-INTEGER_METRICS = frozenset({"unet_calls", "guidance_evals", "image_index", "label"})
-"""Final metrics that count or index: float columns in ``StepResult.final_metrics`` (NaN marks
-the rows that did not finish), ints in the infos the envs hand out."""
-
-
-def _metric_value(name: str, value: float) -> int | float:
-    return int(value) if name in INTEGER_METRICS else float(value)
 
 
 def final_latents(state: EnvState, terminated: torch.Tensor) -> torch.Tensor:
@@ -478,17 +469,19 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
             reference_nfe=len(params.schedule), baseline={k: v[rows] for k, v in state.baseline.items()},
         )
         reward = reward.index_add(0, rows, paid.reward.to(reward.dtype))
-        # Every metric of the finished rows in one host copy (not one per metric).
+        # Every metric of the finished rows in one host copy (not one per metric); the counts
+        # are exact in float64 and go back to int64 columns below.
         names = [*paid.metrics, "unet_calls", "guidance_evals"]
         stacked = torch.stack([*(v.detach().double() for v in paid.metrics.values()),
                                new.sampler.nfe[rows].double(), new.sampler.guidance_evals[rows].double()])
         for key, values in zip(names, stacked.cpu().numpy(), strict=True):
-            column = np.full(state.batch_size, np.nan, dtype=np.float64)
+            counts = key in ("unet_calls", "guidance_evals")
+            column = np.full(state.batch_size, -1 if counts else np.nan, dtype=np.int64 if counts else np.float64)
             column[finished_host] = values
             final_metrics[key] = column
         # Which image each finished row was (CPU tensors: no sync), for per-image evaluation.
-        final_metrics["image_index"] = np.where(finished_host, state.image_index.numpy(), -1).astype(np.float64)
-        final_metrics["label"] = np.where(finished_host, state.labels.numpy(), -1).astype(np.float64)
+        final_metrics["image_index"] = np.where(finished_host, state.image_index.numpy(), -1).astype(np.int64)
+        final_metrics["label"] = np.where(finished_host, state.labels.numpy(), -1).astype(np.int64)
     # Each row is charged its share of the step's wall time (the batch shares one UNet call), so
     # "seconds" is wall time per image, comparable across batch sizes.
     seconds = new.episode_seconds + (time.perf_counter() - start) / state.batch_size
@@ -618,7 +611,7 @@ class LDMSuperResolutionEnv(gym.Env):
         info: dict[str, Any] = {"action_clipped": int(result.action_clipped[0]),
                                 "unet_calls": int(self.state.sampler.nfe[0]),
                                 "timestep": int(self.state.sampler.timestep(self.params.schedule)[0])}
-        info.update({k: _metric_value(k, v[0]) for k, v in result.final_metrics.items()})
+        info.update({k: v[0].item() for k, v in result.final_metrics.items()})  # int or float
         self._episode_over = bool(result.terminated[0] or result.truncated[0])
         return (obs, float(result.reward[0]), bool(result.terminated[0]), bool(result.truncated[0]), info)
 

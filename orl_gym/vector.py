@@ -26,7 +26,6 @@ from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from orl_gym.env import (
-    INTEGER_METRICS,
     EnvConfig,
     EnvState,
     build_params,
@@ -118,8 +117,7 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
                 final_obs[r] = {k: v[r] for k, v in obs.items()}
             final_info: dict[str, Any] = {}
             for key, column in {**result.final_metrics, **step_info}.items():
-                values = np.where(done, column, 0)
-                final_info[key] = values.astype(np.int64) if key in INTEGER_METRICS or key in step_info else values
+                final_info[key] = np.where(done, column, 0).astype(column.dtype)
                 final_info[f"_{key}"] = done.copy()
             # Same-step autoreset, by mask: only the finished rows get a new image and z_T.
             self.state = reset_rows(self.params, self.state, rows.tolist())
