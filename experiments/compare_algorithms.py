@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import time
+import json
 from pathlib import Path
 
 from orl_gym.actions import ActionConfig, encode_params
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
              str(args.n_envs), "--seed", str(args.seed), "--run-dir", str(run_dir), "--eval-freq",
              str(max(args.timesteps // 4, 1)), *(["--model", args.model] if args.model else [])]
             + (["--resume", str(run_dir)] if (run_dir / "checkpoints" / "latest.zip").is_file() else []))
-        start = time.perf_counter()
         train(train_args)
-        minutes = (time.perf_counter() - start) / 60
+        # The run's own wall time over all its segments (a rerun only resumes a finished run).
+        minutes = json.loads((run_dir / "training.json").read_text())["wall_seconds"] / 60
         model_path = run_dir / "checkpoints" / "best_model.zip"
         model = algorithm_class(algo).load(model_path, device="cpu")
         rows.append({"algo": algo, "train_minutes": minutes, "result": evaluate_method(algo, SB3Policy(model),

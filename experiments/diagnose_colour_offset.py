@@ -197,11 +197,11 @@ def measure(model, pipe, name: str, args: argparse.Namespace) -> dict:
             "pipeline_difference": largest_pipeline_difference}
 
 
-def report(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
+def report(results: dict[str, dict], args: argparse.Namespace, argv: list[str] | None = None) -> list[str]:
     lines = [
         "# Where the LDM's colour cast comes from",
         "",
-        f"Command: `{rerun_command(__file__)}`  ",
+        f"Command: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine_description()}",
         "",
         f"Model `{args.model}`; `{args.split}` split, whole images; the pipeline's sampler, DDIM "
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args.from_t = ",".join(dict.fromkeys(str(grid_steps_from(grid, t)[0]) for t in from_t_values(args)))
     results = {name.strip(): measure(model, pipe, name.strip(), args)
                for name in args.datasets.split(",") if name.strip()}
-    write_report(args.out, report(results, args))
+    write_report(args.out, report(results, args, argv))
     return 0
 
 

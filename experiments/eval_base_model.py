@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the samplers' noise")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--card", default=None,
-                   help="model card to write the table into (default: <model folder>/README.md)")
+                   help="model card to write the table into (default: <model folder>/README.md, or with "
+                   "--from-results the README.md next to that file)")
     p.add_argument("--no-card", action="store_true", help="print the table only")
     p.add_argument("--from-results", type=Path, default=None,
                    help="write the card from this eval_results.json (its per-image scores), measuring nothing")
@@ -154,39 +155,46 @@ def evaluate(args: argparse.Namespace) -> dict:
         scores: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in methods}
         seconds: dict[str, float] = defaultdict(float)
         shapes = set()
+
+        def clock() -> float:
+            # CUDA runs asynchronously: a timing without a synchronize measures kernel launches.
+            if str(args.device).startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
         for group in ds.indices_by_shape(indices).values():
             for chunk in group.split(args.batch_size):
                 batch = ds.pairs(chunk).to(args.device)
                 hr, lr = batch.hr, batch.lr
                 shapes.add(tuple(hr.shape[-2:]))
                 outputs: dict[str, torch.Tensor] = {}
-                start = time.perf_counter()
+                start = clock()
                 outputs["bicubic"] = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic",
                                                    align_corners=False).clamp(0, 1)
-                seconds["bicubic"] += time.perf_counter() - start
-                start = time.perf_counter()
+                seconds["bicubic"] += clock() - start
+                start = clock()
                 with torch.no_grad():
                     z = model.vqvae.encode(hr * 2 - 1).latents
                     rec = model.vqvae.decode(z).sample
                 outputs["vq_reconstruction"] = ((rec.clamp(-1, 1) + 1) / 2).float()
-                seconds["vq_reconstruction"] += time.perf_counter() - start
+                seconds["vq_reconstruction"] += clock() - start
                 for sampler in samplers:
                     steps, eta = SAMPLERS[sampler]
                     # The pipeline draws its eta > 0 noise from the global RNG: seed both.
                     torch.manual_seed(args.seed)
                     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-                    start = time.perf_counter()
+                    start = clock()
                     with torch.no_grad():
                         sr = pipe(lr * 2 - 1, num_inference_steps=steps, eta=eta,
                                   generator=generator, output_type="pt").images
-                    sampler_seconds = time.perf_counter() - start
+                    sampler_seconds = clock() - start
                     seconds[sampler] += sampler_seconds
                     outputs[sampler] = sr.float().clamp(0, 1)
                     for fix in fixes:
-                        method, start = f"{sampler}{FIX_SEPARATOR}{fix}", time.perf_counter()
+                        method, start = f"{sampler}{FIX_SEPARATOR}{fix}", clock()
                         outputs[method] = apply_output_fix(fix, outputs[sampler], lr)
                         # A fixed output costs its sampler's time plus the fix's.
-                        seconds[method] += sampler_seconds + time.perf_counter() - start
+                        seconds[method] += sampler_seconds + clock() - start
                 for method, image in outputs.items():
                     scores[method]["psnr"] += psnr(image, hr).tolist()
                     scores[method]["ssim"] += ssim(image, hr).tolist()
@@ -210,9 +218,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     for sampler in samplers:
         steps, eta = SAMPLERS[sampler]
         torch.manual_seed(args.seed)
+        if str(args.device).startswith("cuda"):
+            torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.no_grad():
             pipe(lr * 2 - 1, num_inference_steps=steps, eta=eta, output_type="pt")
+        if str(args.device).startswith("cuda"):
+            torch.cuda.synchronize()
         timing[sampler] = time.perf_counter() - start
     results["seconds_per_256px_image"] = timing
     results["setup"] = {
@@ -322,12 +334,23 @@ def main(argv: list[str] | None = None) -> int:
         results["setup"]["command"] = rerun_command(__file__, argv)
     table = markdown(results)
     print(table)
-    if args.scheduler_config and not args.card and not args.no_card:
+    # The card to write is that of the model the results are of: a results file's own card (it
+    # lies next to it, as written below), else the evaluated model's folder.
+    overrides = results["setup"].get("scheduler_overrides") if args.from_results else args.scheduler_config
+    if overrides and not args.card and not args.no_card:
         # The card describes the checkpoint as stored; a changed sampler setting is not that.
-        print("--scheduler-config: the model card is left alone (name one with --card)", file=sys.stderr)
+        print("scheduler overrides: the model card is left alone (name one with --card)", file=sys.stderr)
     elif not args.no_card:
-        folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
-        card = Path(args.card) if args.card else folder / "README.md"
+        if args.card:
+            card = Path(args.card)
+        elif args.from_results:
+            card = args.from_results.with_name("README.md")
+        else:
+            folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
+            if not folder.is_dir():
+                raise SystemExit(f"--model {args.model} is not a local model folder: name the card to write "
+                                 "with --card, or pass --no-card")
+            card = folder / "README.md"
         write_card(card, table)
         json_path = card.with_name("eval_results.json")
         if not args.from_results:

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="operators listed")
     parser.add_argument("--out", default="experiments/results/profile_env.md")
     args = parser.parse_args(argv)
+    if args.episodes < 1 or args.num_envs < 1 or args.top < 1:
+        parser.error("--episodes, --num-envs and --top must be >= 1")
 
     kwargs = env_preset(args.preset)
     kwargs["device"] = args.device

@@ -160,7 +160,8 @@ def targets(rl: MethodResult, no_rl: MethodResult, best: MethodResult) -> list[s
         "|---|---|---|",
         f"| {rl.name} - No RL PSNR >= +1.0 dB | {fmt_interval(d_psnr, 2)} dB | {verdict(d_psnr[0] >= 1.0)} |",
         f"| {rl.name} - No RL SSIM >= +0.03 | {fmt_interval(d_ssim, 4)} | {verdict(d_ssim[0] >= 0.03)} |",
-        f"| {rl.name} LPIPS lower than No RL | {fmt_interval(d_lpips, 4)} | {verdict(d_lpips[0] < 0)} |",
+        f"| {rl.name} LPIPS lower than No RL | {fmt_interval(d_lpips, 4)} | "
+        f"{verdict(d_lpips[0] < 0) if math.isfinite(d_lpips[0]) else 'not measured (no LPIPS)'} |",
         f"| {rl.name} UNet calls <= No RL | {calls[0]:.1f} vs {calls[1]:.1f} | {verdict(calls[0] <= calls[1])} |",
         f"| {rl.name} reward >= best constant | {fmt_interval(d_reward, 4)} | {verdict(d_reward[0] >= 0)} |",
     ]

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                              "returned to the OS when freed; default: glibc's own (dynamic) threshold")
     parser.add_argument("--out", default="experiments/results/soak_env.md")
     args = parser.parse_args(argv)
+    if args.num_envs < 1 or args.env_steps < args.num_envs:
+        parser.error(f"--env-steps ({args.env_steps}) must be at least --num-envs ({args.num_envs}) >= 1: one batched step")
+    if not 0.0 <= args.warmup_fraction < 1.0:
+        parser.error(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     if args.mmap_threshold is not None:
         # M_MMAP_THRESHOLD = -3 in glibc's malloc.h. Without it, glibc raises its threshold as large
         # tensors are freed and keeps them in the heap: resident memory ratchets up with each new

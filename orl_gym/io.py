@@ -164,11 +164,15 @@ def rerun_command(script: str | os.PathLike, argv: Sequence[str] | None = None) 
 
     ``script`` is the script's ``__file__``; it is named by its folder and file name
     (``experiments/bench_env.py``), as run from the repository root. ``argv`` defaults to this
-    process's arguments; each is shell-quoted, so the line can be pasted as it stands.
+    process's arguments; each is shell-quoted, so the line can be pasted as it stands. When
+    ``ORL_GYM_DATA`` is set it leads the line (``ORL_GYM_DATA=../shared/data python ...``): it
+    decides which images a script reads.
     """
     path = Path(script)
     arguments = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", f"{path.parent.name}/{path.name}", *arguments])
+    command = shlex.join(["python", f"{path.parent.name}/{path.name}", *arguments])
+    data = os.environ.get("ORL_GYM_DATA")
+    return f"ORL_GYM_DATA={shlex.quote(data)} {command}" if data else command
 
 
 def write_report(path: str | os.PathLike, lines: Sequence[str], *, echo: bool = True) -> str:

@@ -180,8 +180,9 @@ def test_codec_search_takes_the_highest_quality_within_the_budget():
             assert 8 * len(module.encode(module.mosaic(tiles), codec, quality + 1)) > 1.0 * tiles[..., 0].size
 
 
-def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path):
+def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path, monkeypatch):
     module = _script("eval_base_model")
+    monkeypatch.setattr(module, "bundled_model_path", lambda: tmp_path / "bundled")  # never the real card
     per_image = {"bicubic": {"psnr": [25.0, 26.0, 27.0], "lpips": [0.5, 0.6, 0.7]},
                  "vq_reconstruction": {"psnr": [29.0, 30.0, 31.0], "lpips": [0.2, 0.2, 0.2]},
                  "ddim50_eta1": {"psnr": [24.0, 24.5, 25.0], "lpips": [0.3, 0.45, 0.6]},
@@ -202,6 +203,10 @@ def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path):
     assert "VQ reconstruction 30.00 dB (95% CI [27.52, 32.48]) (target >= 28): **met**" in text
     assert "PSNR -1.50 dB vs bicubic (95% CI [-2.74, -0.26]) (target >= -1.5): **met**" in text
     assert "(difference 95% CI [-0.2742, -0.0258]) (target: lower): **met**" in text  # -0.15 +- 4.303 * 0.05 / sqrt 3
+    # Without --card the card is the one next to the results file (not the bundled model's).
+    card.unlink()
+    assert module.main(["--from-results", str(saved)]) == 0
+    assert card.read_text() == text
     # A fixed output is reported beside the pipeline's rows, and never judged against the targets.
     targets, fixes = text.split("Acceptance targets")[1].split("With an output fix")
     assert "back-projection" not in targets and targets.count("**met**") == 3

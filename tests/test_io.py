@@ -26,10 +26,14 @@ def test_atomic_save_round_trip(tmp_path):
     assert loaded["step"] == 3 and torch.equal(loaded["w"], torch.ones(2))
 
 
-def test_rerun_command_quotes_arguments():
+def test_rerun_command_quotes_arguments_and_names_the_data(monkeypatch):
+    monkeypatch.delenv("ORL_GYM_DATA", raising=False)
     command = rerun_command("/somewhere/experiments/bench_env.py", ["--out", "my results/x.md", "--threads", "1"])
     assert command == "python experiments/bench_env.py --out 'my results/x.md' --threads 1"
     assert shlex.split(command)[3] == "my results/x.md"
+    monkeypatch.setenv("ORL_GYM_DATA", "../my data")  # it decides which images a script reads
+    command = rerun_command("/somewhere/experiments/bench_env.py", ["--threads", "1"])
+    assert command == "ORL_GYM_DATA='../my data' python experiments/bench_env.py --threads 1"
 
 
 def test_write_report_is_newline_terminated_and_printed(tmp_path, capsys):
