@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from orl_gym.io import rerun_command
 from orl_gym.lpips_weights import LPIPSWeightsNotFoundError, fetch_lpips_weights
 from orl_gym.models import load_ldmsr
 from orl_gym.profiling import ComputeBound, count_flops, matmul_gflops
@@ -196,6 +197,8 @@ def render(rows, machine: list[str], args: argparse.Namespace, unet_params: int)
     rows = [row for row in rows if row[2] not in fact_rows]
     lines = [
         "# Reward metrics: per-image loop vs batched",
+        "",
+        f"Command: `{rerun_command(__file__)}`",
         "",
         f"{args.size}x{args.size} images (x4 SR: LR {args.size // 4}x{args.size // 4}), float32, "
         'no autograd. LPIPS is alex. "loop" calls the same function once per image. '

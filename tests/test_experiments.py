@@ -148,6 +148,7 @@ def test_bench_rewards_times_loop_and_batch_and_states_the_bound(lpips_cache, tm
     assert "| cpu, 1 thread | 64 | reward: final (baseline from reset) |" in text
     assert "| cpu, 1 thread | 64 | UNet call (bundled model) |" in text
     assert "Arithmetic bound for 8x: the batched final reward is at least" in text
+    assert "python experiments/bench_rewards.py --batches 1 64 --size 32" in text  # the command that wrote it
 
 
 def test_vq_rate_distortion_compares_codecs_at_the_vq_rate(preset, data_root, tmp_path):
