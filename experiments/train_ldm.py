@@ -58,7 +58,9 @@ training).
 Every invocation resumes from the checkpoints in ``--out``; raising ``--vq-steps`` or
 ``--unet-steps`` continues a finished stage (the learning-rate schedule is a function of
 (step, total steps), so it is recomputed for the new total). Ctrl-C, SIGTERM or a file
-``<out>/STOP`` saves a checkpoint and exits cleanly.
+``<out>/STOP`` saves a checkpoint and exits cleanly, without the export (``--export-only``
+writes one from those checkpoints); remove the STOP file before training again (an invocation
+that finds one refuses to start). Options cannot be abbreviated.
 
 Examples::
 
@@ -95,7 +97,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from orl_gym.data import DataConfig, PairDataset
+from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
 from orl_gym.models import LDMSR, LDMSRArchitecture, bundled_model_path, load_ldmsr
 
 
@@ -238,7 +240,9 @@ INIT_FILES = {"vq": ("vq/checkpoint.pt", "unet/latents.pt"), "decoder": ("decode
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Command line -> TrainConfig (every default is the TrainConfig default, shown by --help)."""
     d = TrainConfig(out="")
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    # No prefix abbreviations: resolve_config reads the given option names from argv, so an
+    # abbreviated one (--unet-chan) would be taken as not given and silently reset on resume.
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, export")
     p.add_argument("--data", default=d.data, help="data source for orl_gym.data (None: $ORL_GYM_DATA)")
@@ -729,6 +733,12 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     if decoder_ckpt is not None:
         load_decoder_weights(model.vqvae, vq_ckpt, decoder_ckpt)
     unet_step = 0
+    if unet_ckpt is not None and unet_ckpt["vq_step"] != vq_ckpt["step"]:
+        # Training refuses this UNet too: it was trained on the latents of another VQ.
+        raise SystemExit(
+            f"export: the UNet in {unet_path} was trained on the VQ at step {unet_ckpt['vq_step']}, "
+            f"but the VQ in {vq_path} is at step {vq_ckpt['step']}: its latents changed. Move "
+            f"{unet_path} away and train the UNet again on this VQ (--stages unet), then export")
     if unet_ckpt is not None:
         load_unet_weights(model, unet_ckpt)
         unet_step = unet_ckpt["step"]
@@ -860,6 +870,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
         device="cpu"), "--vq-crop").preload()
     val_hr = vq_validation_batch(cfg)
     print(f"vq: {train_ds}; validation {tuple(val_hr.shape)}", file=sys.stderr)
+    # Restarted after the preload: loading the data is not training time.
+    clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
 
     def save() -> None:
         atomic_save({"model": vqvae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -1019,6 +1031,8 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
     train_ds = require_every_dataset(PairDataset(DataConfig(
         source=cfg.data, split="train", hr_size=cfg.decoder_crop, scale=4, crop="random", seed=cfg.seed),
         device="cpu"), "--decoder-crop").preload()
+    # Restarted after the preload: loading the data is not training time.
+    clock = StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds)
 
     def save() -> None:
         atomic_save({"model": decoder_state(vqvae), "best": best, "best_val": best_val,
@@ -1104,6 +1118,25 @@ def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
     return latents, lrs
 
 
+def latent_cache_key(cfg: TrainConfig) -> dict:
+    """What the cached UNet latents were encoded from, besides the VQ step."""
+    data = cfg.data if cfg.data is not None else os.environ.get(DATA_ENV_VAR)
+    if data is not None and Path(data).exists():
+        data = str(Path(data).resolve())
+    return {"data": data, "unet_crop": cfg.unet_crop, "val_images": cfg.val_images}
+
+
+def check_crop(latents: list[torch.Tensor], crop: int, what: str) -> None:
+    """A clear error for an image smaller than the UNet crop (torch's would be from random_)."""
+    side = crop // 4
+    small = [tuple(z.shape[-2:]) for z in latents if min(z.shape[-2:]) < side]
+    if small:
+        h, w = small[0]
+        raise SystemExit(f"--unet-crop {crop}: {len(small)} {what} image(s) are smaller than the crop "
+                         f"(e.g. {4 * h}x{4 * w} px, latent {h}x{w}); use a smaller --unet-crop, or "
+                         f"delete the latent cache if it is stale")
+
+
 def crop_batch(latents: list[torch.Tensor], lrs: list[torch.Tensor], batch_size: int, side: int,
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned random (latent, LR) crops of ``side`` latent pixels from random images."""
@@ -1112,6 +1145,9 @@ def crop_batch(latents: list[torch.Tensor], lrs: list[torch.Tensor], batch_size:
     for i in picks:
         z, lr = latents[i], lrs[i]
         h, w = z.shape[-2:]
+        if min(h, w) < side:
+            raise SystemExit(f"--unet-crop {4 * side}: an image of {4 * h}x{4 * w} px (latent {h}x{w}) "
+                             "is smaller than the crop; use a smaller --unet-crop")
         top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
         zs.append(z[:, top: top + side, left: left + side])
@@ -1229,6 +1265,19 @@ def objective_description(unet_ckpt: dict) -> str:
     return f"{text} ({'; '.join(parts)})"
 
 
+def load_ema(ema: EMAModel, state: dict, cfg: TrainConfig) -> EMAModel:
+    """Resume an EMA from its checkpoint state (loaded to the CPU) on ``cfg.device``, with
+    ``--ema-decay`` as given now: EMAModel.load_state_dict would keep the CPU shadow weights
+    (the next step on CUDA then mixes devices) and the checkpoint's decay."""
+    ema.load_state_dict(state)
+    ema.to(device=cfg.device)
+    if ema.decay != cfg.ema_decay:
+        print(f"unet: EMA decay {ema.decay} in the checkpoint, {cfg.ema_decay} from now on "
+              "(--ema-decay)", file=sys.stderr)
+        ema.decay = cfg.ema_decay
+    return ema
+
+
 def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
     out = Path(cfg.out)
     vq_path, ckpt_path = out / "vq" / "checkpoint.pt", out / "unet" / "checkpoint.pt"
@@ -1264,7 +1313,7 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         if ckpt["optimizer"] is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
+            ema = load_ema(ema, ckpt["ema"], cfg)
         elif ema is not None:
             ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
         step, history, best_val = ckpt["step"], ckpt["history"], ckpt.get("best_val")
@@ -1280,15 +1329,22 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
 
     cache_path = out / "unet" / "latents.pt"
     cache = torch.load(cache_path, weights_only=False) if cache_path.exists() else None
-    if cache is None or cache["vq_step"] != vq_ckpt["step"]:
+    key = latent_cache_key(cfg)
+    if cache is not None and cache["vq_step"] == vq_ckpt["step"] and cache.get("key") != key:
+        print(f"unet: the cached latents in {cache_path} were encoded from "
+              f"{cache.get('key') or 'an unrecorded data source / crop'}, not {key}: encoding again",
+              file=sys.stderr)
+    if cache is None or cache["vq_step"] != vq_ckpt["step"] or cache.get("key") != key:
         t0 = time.monotonic()
         train = encode_dataset(cfg, vqvae, "train")
         val = encode_dataset(cfg, vqvae, "validation", limit=cfg.val_images)
-        cache = {"vq_step": vq_ckpt["step"], "train": train, "val": val}
+        cache = {"vq_step": vq_ckpt["step"], "key": key, "train": train, "val": val}
         atomic_save(cache, cache_path)
         print(f"unet: encoded {len(train[0])} training images in {time.monotonic() - t0:.0f} s",
               file=sys.stderr)
     train_latents, train_lrs = cache["train"]
+    check_crop(train_latents, cfg.unet_crop, "training")
+    check_crop(cache["val"][0], cfg.unet_crop, "validation")
     all_z = torch.cat([z.flatten() for z in train_latents[:200]])
     print(f"unet: latent mean {all_z.mean():.3f} std {all_z.std():.3f}", file=sys.stderr)
     side = cfg.unet_crop // 4
@@ -1516,6 +1572,20 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
                 raise SystemExit(f"--{name.replace('_', '-')}: the run in {cfg.out} was built with "
                                  f"{value}, not {getattr(cfg, name)}; use a new --out")
             setattr(cfg, name, value)
+        # The prediction type is fixed per UNet: restored like the architecture (a run that
+        # inherited v_prediction from --init-from must not resume as the CLI default). A
+        # different one given explicitly is refused while a UNet checkpoint exists; without
+        # one it starts a new UNet of that type.
+        saved_type = saved.get("prediction_type")
+        if saved_type is not None:
+            unet_path = Path(cfg.out) / "unet" / "checkpoint.pt"
+            if "prediction_type" not in explicit:
+                cfg.prediction_type = saved_type
+            elif cfg.prediction_type != saved_type and unet_path.exists():
+                raise SystemExit(
+                    f"--prediction-type: the UNet in {unet_path} was trained for {saved_type!r}, not "
+                    f"{cfg.prediction_type!r}; pass --prediction-type {saved_type} (or leave it out) "
+                    "to resume it, or move the checkpoint away to train a new UNet")
         return cfg
     if cfg.init_from is None:
         return cfg
@@ -1607,6 +1677,10 @@ def main(argv: list[str] | None = None) -> int:
         # The record of the training invocation stays: an export changes no training setting.
         export(cfg, export_folder)
         return 0
+    if (out / "STOP").exists():
+        # Refused, not removed: it may be meant for another invocation still training in --out.
+        raise SystemExit(f"{out / 'STOP'} exists (left by an earlier stop, or meant for a run still "
+                         "training in this folder): remove it to train; nothing was done")
     record = {"config": asdict(cfg), "command": command, "started": started,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "niceness": os.nice(0), "host": os.uname().nodename}
@@ -1628,7 +1702,12 @@ def main(argv: list[str] | None = None) -> int:
             train_decoder(cfg, model, writer, stop)
         if "unet" in stages and not stop:
             train_unet(cfg, model, writer, stop)
-    if not cfg.no_export:
+    if stop.reason:
+        # A stopped run is partly trained: do not overwrite the export (perhaps the bundled model).
+        if not cfg.no_export:
+            print(f"export: skipped, training stopped ({stop.reason}); run the same command again "
+                  "to continue, or --export-only to export these checkpoints", file=sys.stderr)
+    elif not cfg.no_export:
         export(cfg, export_folder)
     return 0
 

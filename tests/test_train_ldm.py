@@ -93,12 +93,109 @@ def test_train_resume_export_and_load(train_ldm, synthetic_data, tmp_path):
         train_ldm.main([*_args(out, synthetic_data, 5, 6), "--vq-channels", "8,8,16"])
 
 
-def test_stop_file_checkpoints_and_exits(train_ldm, synthetic_data, tmp_path):
+def test_stop_checkpoints_and_exits_without_export(train_ldm, synthetic_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    # --max-minutes already past: the VQ stops before its first step, checkpoints, no export.
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--max-minutes", "1e-9")) == 0
+    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["step"] == 0
+    assert not (out / "export").exists() and not (out / "unet").exists()
+    assert "export: skipped, training stopped (--max-minutes)" in capsys.readouterr().err
+    # A STOP file stops a running invocation; one left over refuses the next, untouched.
+    stop = train_ldm.StopFlag(out, 0.0)
+    try:
+        assert not stop
+        (out / "STOP").touch()
+        assert stop and stop.reason == "STOP file"
+    finally:
+        stop.close()
+    with pytest.raises(SystemExit, match="STOP exists"):
+        train_ldm.main(_args(out, synthetic_data, 3, 2, "--stages", "vq"))
+    assert (out / "STOP").exists() and not (out / "export").exists()
+    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["step"] == 0
+
+
+def test_export_refuses_a_unet_of_another_vq_step(train_ldm, synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 2, 1, "--no-export")) == 0
+    unet_path = out / "unet" / "checkpoint.pt"
+    unet = torch.load(unet_path, weights_only=False)
+    train_ldm.atomic_save({**unet, "vq_step": 1}, unet_path)
+    with pytest.raises(SystemExit, match="VQ at step 1, but the VQ .* is at step 2"):
+        train_ldm.main(_args(out, synthetic_data, 2, 1, "--export-only"))
+    assert not (out / "export").exists()
+
+
+def test_abbreviated_options_are_refused(train_ldm, tmp_path):
+    # resolve_config reads the option names from argv: an abbreviation would be reset on resume.
+    with pytest.raises(SystemExit):
+        train_ldm.parse_args(["--out", str(tmp_path), "--unet-chan", "16,16,32"])
+    assert train_ldm.parse_args(["--out", str(tmp_path), "--unet-channels", "16,16,32"]).unet_channels == (16, 16, 32)
+
+
+def test_resume_keeps_the_saved_prediction_type(train_ldm, tmp_path):
+    """A run that inherited v_prediction (e.g. from --init-from bundled) resumes as v_prediction."""
+    from dataclasses import asdict
+
     out = tmp_path / "run"
     out.mkdir()
-    (out / "STOP").touch()
-    assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--stages", "vq", "--no-export")) == 0
-    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["step"] == 0
+    saved = asdict(train_ldm.TrainConfig(out=str(out), prediction_type="v_prediction"))
+    (out / "run_config.json").write_text(json.dumps({"config": saved}))
+    argv = ["--out", str(out)]
+    assert train_ldm.resolve_config(train_ldm.parse_args(argv), argv).prediction_type == "v_prediction"
+    # No UNet yet: an explicit other type starts a new UNet of that type.
+    argv = ["--out", str(out), "--prediction-type", "epsilon"]
+    assert train_ldm.resolve_config(train_ldm.parse_args(argv), argv).prediction_type == "epsilon"
+    # With a UNet checkpoint it is refused before any stage runs.
+    (out / "unet").mkdir()
+    (out / "unet" / "checkpoint.pt").touch()
+    with pytest.raises(SystemExit, match="--prediction-type v_prediction"):
+        train_ldm.resolve_config(train_ldm.parse_args(argv), argv)
+
+
+def test_unet_ema_resume_takes_the_new_decay_and_the_device(train_ldm):
+    from diffusers.training_utils import EMAModel
+
+    net = torch.nn.Linear(3, 2)
+    state = EMAModel(net.parameters(), decay=0.9).state_dict()
+    cfg = train_ldm.TrainConfig(out="", ema_decay=0.99, device="meta")
+    ema = train_ldm.load_ema(EMAModel(net.parameters(), decay=0.99), state, cfg)
+    assert ema.decay == 0.99
+    assert all(p.device.type == "meta" for p in ema.shadow_params)  # moved to cfg.device
+
+
+def test_latent_cache_follows_data_crop_and_val_images(train_ldm, synthetic_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 1, 1, "--no-export")) == 0
+    cache = torch.load(out / "unet" / "latents.pt", weights_only=False)
+    assert len(cache["val"][0]) == 2 and cache["key"]["unet_crop"] == 32
+    capsys.readouterr()
+    assert train_ldm.main(_args(out, synthetic_data, 1, 2, "--stages", "unet", "--val-images", "3",
+                                "--no-export")) == 0
+    assert "encoding again" in capsys.readouterr().err
+    cache = torch.load(out / "unet" / "latents.pt", weights_only=False)
+    assert len(cache["val"][0]) == 3 and cache["key"]["val_images"] == 3
+    # An image smaller than the crop: a clear error, not torch's random_ message.
+    with pytest.raises(SystemExit, match="--unet-crop 32: an image of 16x16 px"):
+        train_ldm.crop_batch([torch.zeros(3, 4, 4)], [torch.zeros(3, 4, 4, dtype=torch.uint8)], 1, 8,
+                             torch.Generator().manual_seed(0))
+
+
+def test_stage_clocks_exclude_the_preload(train_ldm, synthetic_data, tmp_path, monkeypatch):
+    """An hour spent preloading the data (a fake clock) is not charged to the VQ / decoder."""
+    real_monotonic, real_preload, offset = train_ldm.time.monotonic, train_ldm.PairDataset.preload, [0.0]
+
+    def slow_preload(self, *args, **kwargs):
+        offset[0] += 3600.0
+        return real_preload(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_ldm.time, "monotonic", lambda: real_monotonic() + offset[0])
+    monkeypatch.setattr(train_ldm.PairDataset, "preload", slow_preload)
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 1, 1, "--stages", "vq,decoder", "--decoder-steps", "1",
+                                "--decoder-crop", "32", "--decoder-batch-size", "2", "--no-export")) == 0
+    assert offset[0] == 7200.0
+    for stage in ("vq", "decoder"):
+        assert torch.load(out / stage / "checkpoint.pt", weights_only=False)["seconds"] < 600
 
 
 def test_lr_schedule_warms_up_and_decays(train_ldm):
@@ -259,7 +356,7 @@ def test_v_prediction_run_exports_its_scheduler_and_refuses_a_switch(train_ldm, 
     assert load_ldmsr(out / "export").scheduler.config.prediction_type == "v_prediction"
     # Resuming the UNet for another target is refused with what to do.
     with pytest.raises(SystemExit, match="--prediction-type v_prediction"):
-        train_ldm.main(_args(out, synthetic_data, 2, 4, "--stages", "unet"))
+        train_ldm.main(_args(out, synthetic_data, 2, 4, "--stages", "unet", "--prediction-type", "epsilon"))
 
 
 def test_predicted_z0_equals_the_ddim_step_for_every_prediction_type(train_ldm):
