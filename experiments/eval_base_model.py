@@ -51,7 +51,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
 from orl_gym.evaluation import paired_interval
 from orl_gym.io import atomic_write_text, rerun_command
-from orl_gym.models import bundled_model_path, load_ldmsr
+from orl_gym.models import bundled_model_path, checkpoint_digest, load_ldmsr
 from orl_gym.postprocess import OUTPUT_FIX_NAMES, OUTPUT_FIXES, apply_output_fix
 
 CARD_BEGIN, CARD_END = "<!-- eval:begin -->", "<!-- eval:end -->"
@@ -233,6 +233,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" if args.device == "cpu" else args.device,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "",  # set by main(), which knows its argv
+        # Which weights were measured (a local folder's): an export keeps this evaluation only for them.
+        "weights_sha256": checkpoint_digest(model.source) if Path(str(model.source)).is_dir() else None,
     }
     return results
 

@@ -98,7 +98,13 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
-from orl_gym.models import LDMSR, LDMSRArchitecture, bundled_model_path, load_ldmsr
+from orl_gym.models import (
+    LDMSR,
+    LDMSRArchitecture,
+    bundled_model_path,
+    checkpoint_digest,
+    load_ldmsr,
+)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -660,8 +666,10 @@ def training_hours(*ckpts: dict | None) -> str:
 def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None,
                decoder_ckpt: dict | None = None) -> str:
     """The model card: fixed text, the training section (regenerated) and the evaluation
-    section of the previous card (kept until eval_base_model.py rewrites it)."""
-    evaluation = (f"{EVAL_BEGIN}\nNot measured yet: run `experiments/eval_base_model.py`.\n{EVAL_END}")
+    section of ``old_card`` (kept until eval_base_model.py rewrites it; the caller passes an old
+    card only when its evaluation is of the same weights)."""
+    evaluation = (f"{EVAL_BEGIN}\nNot measured for these weights yet: run `experiments/eval_base_model.py`.\n"
+                  f"{EVAL_END}")
     if old_card and EVAL_BEGIN in old_card and EVAL_END in old_card:
         evaluation = EVAL_BEGIN + old_card.split(EVAL_BEGIN, 1)[1].split(EVAL_END, 1)[0] + EVAL_END
     return "\n".join([
@@ -758,10 +766,19 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
             "decoder_val_psnr": decoder_ckpt["best_val"] if decoder_ckpt else None}
     (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
     old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
+    # The previous card's evaluation (and eval_results.json, the numbers behind its table) stays
+    # only if it was measured on exactly these weights; new weights start "not measured".
+    results_path = folder / "eval_results.json"
+    measured = json.loads(results_path.read_text()).get("setup", {}).get("weights_sha256") if results_path.exists() else None
+    same_weights = measured is not None and measured == checkpoint_digest(tmp)
+    if results_path.exists() and not same_weights:
+        print("export: the previous evaluation was of other weights: dropped from the card (run "
+              "experiments/eval_base_model.py on the export)", file=sys.stderr)
     trained_unet = unet_ckpt if unet_step or (unet_ckpt or {}).get("imported_from") else None
-    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, trained_unet, old_card, decoder_ckpt))
-    if (folder / "eval_results.json").exists():  # the raw numbers behind the card's table
-        shutil.copy2(folder / "eval_results.json", tmp / "eval_results.json")
+    (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, trained_unet, old_card if same_weights else None,
+                                              decoder_ckpt))
+    if same_weights:
+        shutil.copy2(results_path, tmp / "eval_results.json")
     old = folder.with_name(folder.name + ".old-export")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

@@ -32,6 +32,7 @@ __all__ = [
     "LDMSRArchitecture",
     "ModelLoadError",
     "bundled_model_path",
+    "checkpoint_digest",
     "load_ldmsr",
     "resolve_dtype",
 ]
@@ -69,6 +70,17 @@ class ModelLoadError(FileNotFoundError):
 def bundled_model_path() -> Path:
     """Folder of the tiny aerial LDM-SR model that ships inside the package."""
     return Path(__file__).resolve().parent / "assets" / BUNDLED_MODEL_NAME
+
+
+def checkpoint_digest(folder: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every weight file of a local checkpoint folder, by path inside it: what an
+    evaluation was of (``experiments/eval_base_model.py`` records it; an export keeps the
+    evaluation only for the same weights)."""
+    from orl_gym.io import sha256_file
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*/*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    return {str(p.relative_to(folder)): sha256_file(p) for p in files}
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

@@ -125,6 +125,27 @@ def test_export_refuses_a_unet_of_another_vq_step(train_ldm, synthetic_data, tmp
     assert not (out / "export").exists()
 
 
+def test_an_export_keeps_the_evaluation_only_of_the_same_weights(train_ldm, synthetic_data, tmp_path):
+    from orl_gym.models import checkpoint_digest
+
+    out = tmp_path / "run"
+    assert train_ldm.main(_args(out, synthetic_data, 2, 1)) == 0
+    export = out / "export"
+    assert "Not measured for these weights yet" in (export / "README.md").read_text()
+    # What eval_base_model.py writes: a table in the card, the digest of the weights it measured.
+    card = (export / "README.md").read_text()
+    start, end = card.index(train_ldm.EVAL_BEGIN), card.index(train_ldm.EVAL_END)
+    (export / "README.md").write_text(card[:start] + train_ldm.EVAL_BEGIN + "\nPSNR 99 dB\n" + card[end:])
+    (export / "eval_results.json").write_text(json.dumps({"setup": {"weights_sha256": checkpoint_digest(export)}}))
+    assert train_ldm.main(_args(out, synthetic_data, 2, 1, "--export-only")) == 0  # the same weights
+    assert "PSNR 99 dB" in (export / "README.md").read_text() and (export / "eval_results.json").exists()
+    # More training, new weights: the old evaluation is not theirs.
+    assert train_ldm.main(_args(out, synthetic_data, 2, 2, "--stages", "unet")) == 0
+    assert "PSNR 99 dB" not in (export / "README.md").read_text()
+    assert "Not measured for these weights yet" in (export / "README.md").read_text()
+    assert not (export / "eval_results.json").exists()
+
+
 def test_abbreviated_options_are_refused(train_ldm, tmp_path):
     # resolve_config reads the option names from argv: an abbreviation would be reset on resume.
     with pytest.raises(SystemExit):
