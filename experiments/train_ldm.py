@@ -623,8 +623,12 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
         if unet_ckpt else "")
     vq_val = _last_val(vq_ckpt["history"])
     unet_val = _last_val(unet_ckpt["history"]) if unet_ckpt else None
-    row("validation at the end", f"{vq_val:.2f} dB PSNR (24 center 128x128 crops)" if vq_val else "n/a",
-        f"{VAL_NAMES[unet_prediction_type(unet_ckpt)]} {unet_val:.4f} (EMA weights, fixed crops / t / "
+    val_crop = vq_cfg.get("val_crop", cfg.val_crop)
+    unet_weights = "EMA weights" if unet_ckpt and unet_ckpt.get("ema") is not None else "raw weights, no EMA"
+    row("validation at the end",
+        f"{vq_val:.2f} dB PSNR ({vq_cfg.get('val_images', cfg.val_images)} center {val_crop}x{val_crop} crops)"
+        if vq_val else "n/a",
+        f"{VAL_NAMES[unet_prediction_type(unet_ckpt)]} {unet_val:.4f} ({unet_weights}, fixed crops / t / "
         "noise)" if unet_val else "n/a")
     machine = (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
                f"{record.get('threads', '?')} torch thread(s), nice {record.get('niceness', 10)}, "
@@ -637,9 +641,12 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     # Free-text remarks about the run (e.g. an interruption) that belong in the card.
     notes_path = Path(cfg.out) / "card_notes.md"
     notes = ["", notes_path.read_text().strip()] if notes_path.exists() else []
+    source = cfg.data or os.environ.get(DATA_ENV_VAR) or "the hub's RESISC45"
+    folders = {p.name for p in Path(source).iterdir() if p.is_dir()} if Path(source).is_dir() else set()
+    data = ("`$ORL_GYM_DATA` = UC Merced Land Use (256x256, ~0.3 m/px) + AID (150x150 copy, ~2 m/px)"
+            if {"ucmerced", "aid150"} <= folders else f"`{source}`")
     return "\n".join([
-        "Data: the `train` split of `$ORL_GYM_DATA` = UC Merced Land Use (256x256, ~0.3 m/px) + "
-        "AID (150x150 copy, ~2 m/px), split per image by orl_gym.data's seeded identity hash "
+        f"Data: the `train` split of {data}, split per image by orl_gym.data's seeded identity hash "
         "(train 0.7 / validation 0.1 / test 0.2, split_seed 0); validation images for model "
         "selection, test images only for the evaluation below. LR = antialiased bicubic x4 "
         "downsampling of HR, 8-bit.",

@@ -132,6 +132,9 @@ def test_an_export_keeps_the_evaluation_only_of_the_same_weights(train_ldm, synt
     assert train_ldm.main(_args(out, synthetic_data, 2, 1)) == 0
     export = out / "export"
     assert "Not measured for these weights yet" in (export / "README.md").read_text()
+    # The card names the data and validation crops of this run (not the bundled model's).
+    assert f"Data: the `train` split of `{synthetic_data}`" in (export / "README.md").read_text()
+    assert "2 center 32x32 crops" in (export / "README.md").read_text()
     # What eval_base_model.py writes: a table in the card, the digest of the weights it measured.
     card = (export / "README.md").read_text()
     start, end = card.index(train_ldm.EVAL_BEGIN), card.index(train_ldm.EVAL_END)
