@@ -910,7 +910,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
             x = train_ds.sample(cfg.vq_batch_size, generator=generator).hr.to(cfg.device) * 2 - 1
             z = vqvae.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, cfg.latent_channels)
             pick = torch.randint(0, z.shape[0], (cfg.codebook_size,), generator=generator)
-            codebook.data.copy_(z[pick.to(z.device)] + 0.01 * torch.randn_like(codebook))
+            jitter = torch.randn(codebook.shape, generator=generator).to(codebook.device)
+            codebook.data.copy_(z[pick.to(z.device)] + 0.01 * jitter)
 
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="vq", disable=not cfg.progress,
                dynamic_ncols=True, mininterval=5)
@@ -948,7 +949,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
                     flat = z.detach().permute(0, 2, 3, 1).reshape(-1, cfg.latent_channels)
                     pick = torch.randint(0, flat.shape[0], (n_dead,), generator=generator)
                     codebook.data[dead.to(codebook.device)] = (
-                        flat[pick.to(flat.device)] + 0.01 * torch.randn(n_dead, flat.shape[1], device=flat.device))
+                        flat[pick.to(flat.device)]
+                        + 0.01 * torch.randn(n_dead, flat.shape[1], generator=generator).to(flat.device))
                     last_used[dead] = step
             writer.add_scalar("vq/restarted_codes", n_dead, step)
 

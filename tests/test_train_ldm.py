@@ -149,6 +149,23 @@ def test_an_export_keeps_the_evaluation_only_of_the_same_weights(train_ldm, synt
     assert not (export / "eval_results.json").exists()
 
 
+def test_an_interrupted_vq_stage_resumes_to_the_same_weights(train_ldm, synthetic_data, tmp_path, monkeypatch):
+    # Codebook seeding and dead-code restarts (every 2 steps here) draw from the checkpointed
+    # generator, so a run stopped after 2 of its 4 steps and resumed ends where one in one go does.
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = ("--stages", "vq", "--no-export")
+    assert train_ldm.main(_args(straight, synthetic_data, 4, 0, *args)) == 0
+    done = train_ldm.StageClock.done
+    with monkeypatch.context() as patch:  # an interruption after step 2 (same 4-step schedule)
+        patch.setattr(train_ldm.StageClock, "done", lambda self, step: step >= 2 or done(self, step))
+        assert train_ldm.main(_args(resumed, synthetic_data, 4, 0, *args)) == 0
+    assert torch.load(resumed / "vq" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert train_ldm.main(_args(resumed, synthetic_data, 4, 0, *args)) == 0
+    a, b = (torch.load(run / "vq" / "checkpoint.pt", weights_only=False)["model"] for run in (straight, resumed))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_abbreviated_options_are_refused(train_ldm, tmp_path):
     # resolve_config reads the option names from argv: an abbreviation would be reset on resume.
     with pytest.raises(SystemExit):
