@@ -1654,16 +1654,21 @@ def init_run_from(cfg: TrainConfig) -> None:
     record = {"source": str(source.resolve()), "stages": stages}
     if record_path.exists():
         previous = json.loads(record_path.read_text())
-        if previous != record:
+        if {key: previous.get(key) for key in record} != record:
             raise SystemExit(f"--init-from: {out} was initialised from {previous['source']} "
                              f"(stages {previous['stages']}), not {record['source']} ({stages})")
-        return
-    existing = [p for p in INIT_FILES["vq"] + INIT_FILES["decoder"] + INIT_FILES["unet"] if (out / p).exists()]
-    if existing:
-        raise SystemExit(f"--init-from: {out} already holds {existing}; use a new --out")
+        if previous.get("complete", True):  # (records from before this key were written complete)
+            return
+        print(f"init: the copy from {source} was interrupted; copying again", file=sys.stderr)
+    else:
+        existing = [p for p in INIT_FILES["vq"] + INIT_FILES["decoder"] + INIT_FILES["unet"] if (out / p).exists()]
+        if existing:
+            raise SystemExit(f"--init-from: {out} already holds {existing}; use a new --out")
+    # Recorded before anything is copied, so that an interrupted copy is redone, not refused.
+    atomic_write_text(json.dumps({**record, "complete": False}, indent=2) + "\n", record_path)
     if folder is not None:
         import_diffusers_folder(cfg, folder, stages)
-        atomic_write_text(json.dumps(record, indent=2) + "\n", record_path)
+        atomic_write_text(json.dumps({**record, "complete": True}, indent=2) + "\n", record_path)
         return
     names = [name for stage in stages for name in INIT_FILES[stage]]
     # The decoder checkpoint and the latents cache are optional (the UNet stage re-encodes).
@@ -1682,7 +1687,7 @@ def init_run_from(cfg: TrainConfig) -> None:
     for name in ("commands.log", "card_notes.md"):
         if (source / name).exists():
             atomic_write_text((source / name).read_text(), out / name)
-    atomic_write_text(json.dumps(record, indent=2) + "\n", record_path)
+    atomic_write_text(json.dumps({**record, "complete": True}, indent=2) + "\n", record_path)
 
 
 def main(argv: list[str] | None = None) -> int:

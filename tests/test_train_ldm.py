@@ -166,6 +166,31 @@ def test_an_interrupted_vq_stage_resumes_to_the_same_weights(train_ldm, syntheti
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_an_interrupted_init_from_copy_is_redone(train_ldm, synthetic_data, tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    assert train_ldm.main(_args(source, synthetic_data, 2, 1, "--no-export")) == 0
+    run = tmp_path / "run"
+    args = [*_args(run, synthetic_data, 2, 2, "--stages", "unet", "--no-export"), "--init-from", str(source),
+            "--init-stages", "vq,unet"]
+    copy = train_ldm.shutil.copy2
+    calls = []
+
+    def copy_then_fail(*copy_args, **kwargs):  # the copy stops after its first file
+        calls.append(copy_args)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return copy(*copy_args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_ldm.shutil, "copy2", copy_then_fail)
+        with pytest.raises(KeyboardInterrupt):
+            train_ldm.main(args)
+    assert json.loads((run / "init_from.json").read_text())["complete"] is False
+    assert train_ldm.main(args) == 0  # copied again, then trained (it was refused: "already holds")
+    assert json.loads((run / "init_from.json").read_text())["complete"] is True
+    assert torch.load(run / "unet" / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
 def test_abbreviated_options_are_refused(train_ldm, tmp_path):
     # resolve_config reads the option names from argv: an abbreviation would be reset on resume.
     with pytest.raises(SystemExit):
