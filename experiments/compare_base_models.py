@@ -93,7 +93,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_same_images(results: dict[str, dict]) -> None:
+    """The paired intervals pair images by position: every model must have seen the same images,
+    cut the same way (models whose UNets differ in depth crop whole images to other multiples)."""
+    def cut(result: dict) -> tuple:  # (images, HR shapes); JSON turns the shape tuples into lists
+        return result["images"], [list(shape) for shape in result["hr_shapes"]]
+
+    first, *others = results
+    for label in others:
+        for dataset, base in results[first]["datasets"].items():
+            other = results[label]["datasets"].get(dataset)
+            if other is None or cut(other) != cut(base):
+                found = "none" if other is None else f"{other['images']} images of shapes {other['hr_shapes']}"
+                raise SystemExit(f"{dataset}: `{label}` was evaluated on {found}, `{first}` on {base['images']} "
+                                 f"images of shapes {base['hr_shapes']}: the paired comparison needs the same "
+                                 "images and crops (compare models with equal hr_multiple)")
+
+
 def report(results: dict[str, dict], command: str, split: str) -> list[str]:
+    check_same_images(results)
     labels = list(results)
     first = labels[0]
     lines = ["# LDM-SR checkpoints compared on the same images", "", f"Command: `{command}`  ",

@@ -248,6 +248,15 @@ def test_compare_base_models_pairs_the_same_images(preset, data_root, tmp_path):
         module.main(["--models", f"a={model_dir}", "--out", str(out)])
 
 
+def test_compare_base_models_refuses_models_evaluated_on_other_crops():
+    module = _script("compare_base_models")
+    dataset = {"images": 2, "hr_shapes": [[256, 256]]}
+    results = {"a": {"datasets": {"uc": dataset}}, "deep": {"datasets": {"uc": {**dataset, "hr_shapes": [[240, 240]]}}}}
+    with pytest.raises(SystemExit, match="`deep` was evaluated on 2 images of shapes"):
+        module.check_same_images(results)
+    module.check_same_images({"a": results["a"], "same": {"datasets": {"uc": dict(dataset)}}})  # passes
+
+
 def test_compare_base_models_scheduler_override_changes_the_sampler_only(preset, data_root, tmp_path):
     module = _script("compare_base_models")
     model_dir = yaml.safe_load(preset.read_text())["model"]
