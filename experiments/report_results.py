@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Test images: the test split of `$ORL_GYM_DATA` (UC Merced + AID) in the paper's eight categories "
         f"(local stand-ins: `orl_gym.data.CATEGORY_ALIASES`), {len(no_rl.rows)} images, center "
         f"{env_kwargs.get('hr_size')}x{env_kwargs.get('hr_size')} HR crops, LR = antialiased bicubic /4. "
-        "Every method sees the same images and, for the samplers, the same initial noise."
+        "Every method sees the same images and, for the samplers, the same noise for each image (its z_T and its step noise)."
         + (f" Categories without test images here: {'; '.join(missing)}." if missing else ""),
         f"- Action space: {', '.join(actions.parameters)}; stride 1..{actions.max_stride}. "
         f"Reward: PSNR 0.4, SSIM 0.3, LPIPS 0.2, efficiency 0.1 (`orl_gym/rewards.py`; 0 = bicubic quality at "
