@@ -148,6 +148,13 @@ def evaluate(args: argparse.Namespace) -> dict:
                *(f"{sampler}{FIX_SEPARATOR}{fix}" for sampler in samplers for fix in fixes)]
     results: dict = {"datasets": {}, "lpips": lpips_note}
     timing: dict[str, float] = {}
+
+    def clock() -> float:
+        # CUDA runs asynchronously: a timing without a synchronize measures kernel launches.
+        if str(args.device).startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         ds = PairDataset(DataConfig(source=name, split=args.split, hr_size=64, scale=4, crop="full",
                                     full_multiple=model.hr_multiple))
@@ -155,12 +162,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         scores: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in methods}
         seconds: dict[str, float] = defaultdict(float)
         shapes = set()
-
-        def clock() -> float:
-            # CUDA runs asynchronously: a timing without a synchronize measures kernel launches.
-            if str(args.device).startswith("cuda"):
-                torch.cuda.synchronize()
-            return time.perf_counter()
 
         for group in ds.indices_by_shape(indices).values():
             for chunk in group.split(args.batch_size):
@@ -218,14 +219,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     for sampler in samplers:
         steps, eta = SAMPLERS[sampler]
         torch.manual_seed(args.seed)
-        if str(args.device).startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         with torch.no_grad():
             pipe(lr * 2 - 1, num_inference_steps=steps, eta=eta, output_type="pt")
-        if str(args.device).startswith("cuda"):
-            torch.cuda.synchronize()
-        timing[sampler] = time.perf_counter() - start
+        timing[sampler] = clock() - start
     results["seconds_per_256px_image"] = timing
     results["setup"] = {
         "model": str(model.source), "scheduler_overrides": overrides, "split": args.split, "max_images": args.max_images,
@@ -329,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if not (args.from_results or args.no_card or args.card or args.scheduler_config):
+        # Before measuring: the card goes into the model's folder, which a hub id does not have.
+        folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
+        if not folder.is_dir():
+            raise SystemExit(f"--model {args.model} is not a local model folder: name the card to write "
+                             "with --card, or pass --no-card")
     if args.from_results:
         results = json.loads(args.from_results.read_text())
     else:
@@ -348,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.from_results:
             card = args.from_results.with_name("README.md")
         else:
-            folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
-            if not folder.is_dir():
-                raise SystemExit(f"--model {args.model} is not a local model folder: name the card to write "
-                                 "with --card, or pass --no-card")
-            card = folder / "README.md"
+            card = (bundled_model_path() if args.model == "bundled" else Path(args.model)) / "README.md"
         write_card(card, table)
         json_path = card.with_name("eval_results.json")
         if not args.from_results:

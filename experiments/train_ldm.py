@@ -641,10 +641,12 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     # Free-text remarks about the run (e.g. an interruption) that belong in the card.
     notes_path = Path(cfg.out) / "card_notes.md"
     notes = ["", notes_path.read_text().strip()] if notes_path.exists() else []
-    source = cfg.data or os.environ.get(DATA_ENV_VAR) or "the hub's RESISC45"
-    folders = {p.name for p in Path(source).iterdir() if p.is_dir()} if Path(source).is_dir() else set()
-    data = ("`$ORL_GYM_DATA` = UC Merced Land Use (256x256, ~0.3 m/px) + AID (150x150 copy, ~2 m/px)"
-            if {"ucmerced", "aid150"} <= folders else f"`{source}`")
+    source = cfg.data or os.environ.get(DATA_ENV_VAR)
+    folders = {p.name for p in Path(source).iterdir() if p.is_dir()} if source and Path(source).is_dir() else set()
+    if folders == {"ucmerced", "aid150"}:
+        data = "`$ORL_GYM_DATA` = UC Merced Land Use (256x256, ~0.3 m/px) + AID (150x150 copy, ~2 m/px)"
+    else:
+        data = f"`{source}`" if source else "RESISC45 from the hub"
     return "\n".join([
         f"Data: the `train` split of {data}, split per image by orl_gym.data's seeded identity hash "
         "(train 0.7 / validation 0.1 / test 0.2, split_seed 0); validation images for model "
@@ -883,8 +885,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
         print(f"vq: resumed at step {step} from {ckpt_path}", file=sys.stderr)
     # A checkpoint holds a codebook already: seeded before it was saved, or imported.
     has_codebook = ckpt_path.exists()
-    clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
-    if clock.done(step):
+    if StageClock(cfg.vq_steps, cfg.vq_minutes, seconds).done(step):
         print(f"vq: already done (step {step}, {seconds / 60:.1f} min; --vq-steps {cfg.vq_steps}, "
               f"--vq-minutes {cfg.vq_minutes})", file=sys.stderr)
         return
@@ -894,7 +895,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
         device="cpu"), "--vq-crop").preload()
     val_hr = vq_validation_batch(cfg)
     print(f"vq: {train_ds}; validation {tuple(val_hr.shape)}", file=sys.stderr)
-    # Restarted after the preload: loading the data is not training time.
+    # Started after the preload: loading the data is not training time.
     clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
 
     def save() -> None:
@@ -1050,14 +1051,13 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
         best_val, best = vq_validate(vqvae, val_hr, cfg.device), decoder_state(vqvae)
         history.append({"step": 0, "val": best_val, "val_name": "validation PSNR (dB)"})
         print(f"decoder: stage-1 decoder validation PSNR {best_val:.2f} dB", file=sys.stderr)
-    clock = StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds)
-    if clock.done(step):
+    if StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds).done(step):
         print(f"decoder: already done (step {step}, {seconds / 60:.1f} min)", file=sys.stderr)
         return
     train_ds = require_every_dataset(PairDataset(DataConfig(
         source=cfg.data, split="train", hr_size=cfg.decoder_crop, scale=4, crop="random", seed=cfg.seed),
         device="cpu"), "--decoder-crop").preload()
-    # Restarted after the preload: loading the data is not training time.
+    # Started after the preload: loading the data is not training time.
     clock = StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds)
 
     def save() -> None:
@@ -1150,17 +1150,6 @@ def latent_cache_key(cfg: TrainConfig) -> dict:
     if data is not None and Path(data).exists():
         data = str(Path(data).resolve())
     return {"data": data, "unet_crop": cfg.unet_crop, "val_images": cfg.val_images}
-
-
-def check_crop(latents: list[torch.Tensor], crop: int, what: str) -> None:
-    """A clear error for an image smaller than the UNet crop (torch's would be from random_)."""
-    side = crop // 4
-    small = [tuple(z.shape[-2:]) for z in latents if min(z.shape[-2:]) < side]
-    if small:
-        h, w = small[0]
-        raise SystemExit(f"--unet-crop {crop}: {len(small)} {what} image(s) are smaller than the crop "
-                         f"(e.g. {4 * h}x{4 * w} px, latent {h}x{w}); use a smaller --unet-crop, or "
-                         f"delete the latent cache if it is stale")
 
 
 def crop_batch(latents: list[torch.Tensor], lrs: list[torch.Tensor], batch_size: int, side: int,
@@ -1369,8 +1358,6 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
         print(f"unet: encoded {len(train[0])} training images in {time.monotonic() - t0:.0f} s",
               file=sys.stderr)
     train_latents, train_lrs = cache["train"]
-    check_crop(train_latents, cfg.unet_crop, "training")
-    check_crop(cache["val"][0], cfg.unet_crop, "validation")
     all_z = torch.cat([z.flatten() for z in train_latents[:200]])
     print(f"unet: latent mean {all_z.mean():.3f} std {all_z.std():.3f}", file=sys.stderr)
     side = cfg.unet_crop // 4

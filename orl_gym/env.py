@@ -244,6 +244,11 @@ def build_params(config: EnvConfig) -> EnvParams:
                      step_budget=budget, image_pool=pool, guidance_cost=float(guidance_cost))
 
 
+def action_space(params: EnvParams) -> spaces.Box:
+    """Box(-1, 1, (k,), float32): one coordinate per active parameter (``orl_gym.actions``)."""
+    return spaces.Box(-1.0, 1.0, (params.actions.size,), np.float32)
+
+
 def observation_space(params: EnvParams) -> spaces.Dict:
     """One env's observation: flat Boxes, as SB3's MultiInputPolicy and env checker want them.
 
@@ -576,7 +581,7 @@ class LDMSuperResolutionEnv(gym.Env):
         self.config = EnvConfig.from_kwargs(**kwargs)
         self.params = build_params(self.config)
         self.observation_space = observation_space(self.params)
-        self.action_space = spaces.Box(-1.0, 1.0, (self.params.actions.size,), np.float32)
+        self.action_space = action_space(self.params)
         self.state: EnvState | None = None
         self.last_step: StepResult | None = None  # device tensors of the last step, for wrappers
         self._episode_over = False

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_params
 from orl_gym.data import paper_category
-from orl_gym.env import EnvConfig, build_params, observation_space
+from orl_gym.env import EnvConfig, action_space, build_params, observation_space
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 from orl_gym.precision import ieee_float32
 from orl_gym.vector import LDMSuperResolutionVectorEnv
@@ -136,7 +135,7 @@ def env_spaces(env_kwargs: Mapping[str, Any], *, split: str, categories: Sequenc
     """The single-env (observation, action) spaces :func:`evaluate_method` will run with (the
     params are cached, so the evaluation that follows loads nothing twice)."""
     params = build_params(EnvConfig.from_kwargs(**_evaluation_kwargs(env_kwargs, split, categories, max_images)))
-    return observation_space(params), gym.spaces.Box(-1.0, 1.0, (params.actions.size,), np.float32)
+    return observation_space(params), action_space(params)
 
 
 def _evaluation_kwargs(env_kwargs: Mapping[str, Any], split: str, categories: Sequence[str] | None,

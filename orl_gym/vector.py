@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from orl_gym.env import (
     EnvConfig,
     EnvState,
+    action_space,
     build_params,
     make_seeded_generators,
     observation_space,
@@ -66,7 +67,7 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
         self.config = EnvConfig.from_kwargs(**kwargs)
         self.params = build_params(self.config)
         self.single_observation_space = observation_space(self.params)
-        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self.params.actions.size,), np.float32)
+        self.single_action_space = action_space(self.params)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.state: EnvState | None = None
@@ -117,7 +118,7 @@ class LDMSuperResolutionVectorEnv(gym.vector.VectorEnv):
                 final_obs[r] = {k: v[r] for k, v in obs.items()}
             final_info: dict[str, Any] = {}
             for key, column in {**result.final_metrics, **step_info}.items():
-                final_info[key] = np.where(done, column, 0).astype(column.dtype)
+                final_info[key] = np.where(done, column, 0)  # keeps the column's dtype
                 final_info[f"_{key}"] = done.copy()
             # Same-step autoreset, by mask: only the finished rows get a new image and z_T.
             self.state = reset_rows(self.params, self.state, rows.tolist())
