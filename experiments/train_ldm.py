@@ -55,9 +55,13 @@ its configs and weights, and a network or noise schedule train_ldm.py cannot bui
 the exposure bias of sampling (the UNet sees its own imperfect z_t at inference, never in
 training).
 
-Every invocation resumes from the checkpoints in ``--out``; raising ``--vq-steps`` or
-``--unet-steps`` continues a finished stage (the learning-rate schedule is a function of
-(step, total steps), so it is recomputed for the new total). Ctrl-C, SIGTERM or a file
+Every invocation resumes from the checkpoints in ``--out`` with the run's saved settings: an
+option left off the command line keeps its value from the last invocation, not the default
+(``--device``, ``--threads``, ``--max-minutes``, ``--export``, ``--export-only``, ``--no-export``
+and ``--no-progress`` are the invocation's own), so ``train_ldm.py --out RUN`` continues RUN as it
+was started. Raising ``--vq-steps`` or ``--unet-steps`` continues a finished stage (the
+learning-rate schedule is a function of (step, total steps), so it is recomputed for the new
+total). Ctrl-C, SIGTERM or a file
 ``<out>/STOP`` saves a checkpoint and exits cleanly, without the export (``--export-only``
 writes one from those checkpoints); remove the STOP file before training again (an invocation
 that finds one refuses to start). Options cannot be abbreviated.
@@ -87,7 +91,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +242,10 @@ VQ_ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "code
                   "vq_mid_attention", "norm_num_groups")
 UNET_ARCH_FIELDS = ("unet_channels", "unet_layers_per_block", "attention_levels",
                     "unet_mid_attention", "norm_num_groups", "prediction_type")
+# Settings of one invocation, not of the run: a resume that leaves them out gets the CLI default.
+# ("no_progress" is how --no-progress appears among the given options.)
+PER_INVOCATION_FIELDS = ("out", "device", "threads", "progress", "no_progress", "max_minutes",
+                         "export", "export_only", "no_export")
 # What --init-from copies for each stage (the latents cache belongs to the VQ that encoded it).
 INIT_FILES = {"vq": ("vq/checkpoint.pt", "unet/latents.pt"), "decoder": ("decoder/checkpoint.pt",),
               "unet": ("unet/checkpoint.pt",)}
@@ -1474,6 +1482,13 @@ def diffusers_source(init_from: str) -> Path | None:
     return path if (path / "model_index.json").exists() else None
 
 
+def _plain_text(value: Any) -> str:
+    """A config value as it would be typed on the command line."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -1571,6 +1586,8 @@ def _init_stages(cfg: TrainConfig) -> list[str]:
 
 def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
     """On resume the saved architecture wins; a conflicting one on the command line is an error.
+    Every other setting left off the command line keeps the run's saved value (the last
+    invocation's), not the CLI default, except those of ``PER_INVOCATION_FIELDS``.
 
     A new run with ``--init-from`` takes the source run's architecture for the fields not given;
     a given field that a copied stage fixes must equal the source's.
@@ -1578,6 +1595,23 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
     explicit = _explicit(argv)
     saved = _saved_config(Path(cfg.out))
     if saved is not None:
+        # Without this, `train_ldm.py --out RUN` after a run with --unet-steps 30000 would stop
+        # the stage at the default 8000, restart its learning rate at the default, and an
+        # --export-only would write a card with default hyperparameters.
+        restored = []
+        for f in fields(TrainConfig):
+            name = f.name
+            if (name in ARCH_FIELDS or name == "prediction_type" or name in PER_INVOCATION_FIELDS
+                    or name in explicit or name not in saved):
+                continue
+            value = saved[name]
+            value = tuple(value) if isinstance(value, list) else value
+            if value != getattr(cfg, name):
+                restored.append(f"--{name.replace('_', '-')} {_plain_text(value)}")
+                setattr(cfg, name, value)
+        if restored:
+            print(f"resume: settings of the run in {cfg.out} kept (not the defaults): "
+                  f"{', '.join(restored)}", file=sys.stderr)
         for name in ARCH_FIELDS:
             value = saved[name]
             value = tuple(value) if isinstance(value, list) else value

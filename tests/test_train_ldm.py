@@ -218,6 +218,31 @@ def test_resume_keeps_the_saved_prediction_type(train_ldm, tmp_path):
         train_ldm.resolve_config(train_ldm.parse_args(argv), argv)
 
 
+def test_resume_keeps_the_runs_settings_not_the_defaults(train_ldm, tmp_path, capsys):
+    """`train_ldm.py --out RUN` continues RUN as started: a left-out option is not reset to its
+    default (the stage would end at the default step count, the card would show defaults)."""
+    from dataclasses import asdict
+
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = asdict(train_ldm.TrainConfig(
+        out=str(out), unet_steps=30000, unet_lr=2e-4, unet_batch_size=32, stages="unet",
+        unet_lowfreq_weight=10.0, device="cuda", threads=16, max_minutes=5.0, export="/elsewhere"))
+    (out / "run_config.json").write_text(json.dumps({"config": saved}))
+    argv = ["--out", str(out), "--unet-lr", "1e-4"]
+    cfg = train_ldm.resolve_config(train_ldm.parse_args(argv), argv)
+    assert (cfg.unet_steps, cfg.unet_batch_size, cfg.stages, cfg.unet_lowfreq_weight) == (30000, 32, "unet", 10.0)
+    assert cfg.unet_lr == 1e-4  # given: the new value wins
+    # The invocation's own settings take the defaults.
+    defaults = train_ldm.TrainConfig(out="")
+    assert (cfg.device, cfg.threads, cfg.max_minutes, cfg.export) == (
+        defaults.device, defaults.threads, defaults.max_minutes, defaults.export)
+    assert "--unet-steps 30000" in capsys.readouterr().err  # says what it kept
+    # A value equal to the default can still be given explicitly to go back to it.
+    argv = ["--out", str(out), "--unet-lowfreq-weight", "0"]
+    assert train_ldm.resolve_config(train_ldm.parse_args(argv), argv).unet_lowfreq_weight == 0.0
+
+
 def test_unet_ema_resume_takes_the_new_decay_and_the_device(train_ldm):
     from diffusers.training_utils import EMAModel
 
