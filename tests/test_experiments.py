@@ -112,6 +112,29 @@ def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path
     assert text.splitlines()[0].endswith(", cpu, float32)")  # the heading names device and dtype
 
 
+def test_bench_env_machinery_episode_counts_one_reset(preset, monkeypatch):
+    """The episode's reset is its last step's autoreset; the reset() that starts the timing is
+    outside the clock (it was inside: two resets per episode, an upper bound)."""
+    import time
+
+    from orl_gym.configs import env_preset
+    from orl_gym.vector import LDMSuperResolutionVectorEnv
+
+    bench_env = _script("bench_env")
+    env = LDMSuperResolutionVectorEnv(num_envs=2, **env_preset(str(preset)))
+    real_reset = env.reset
+
+    def slow_reset(**kwargs):
+        time.sleep(1.0)
+        return real_reset(**kwargs)
+
+    monkeypatch.setattr(env, "reset", slow_reset)
+    monkeypatch.setattr(bench_env, "_model_work_seconds", lambda env: 1.0)
+    episode_s, work_s, ratio = bench_env.machinery_ratio(env, repeats=1)
+    assert 0 < episode_s < 1.0 and ratio == episode_s  # the slept second is not in the episode
+    env.close()
+
+
 def test_profile_env_breaks_an_episode_into_stages_and_restores_the_env(preset, tmp_path):
     import orl_gym.sampler
     import orl_gym.vector
