@@ -42,7 +42,7 @@ import yaml
 
 from orl_gym.actions import PARAMETERS, ActionConfig, encode_params
 from orl_gym.agents import algorithm_class
-from orl_gym.data import PAPER_CATEGORIES
+from orl_gym.data import PAPER_CATEGORIES, resolve_source
 from orl_gym.env import EnvConfig, build_params
 from orl_gym.evaluation import (
     GRIDS,
@@ -69,6 +69,7 @@ from orl_gym.io import (
     write_report,
 )
 from orl_gym.postprocess import OUTPUT_FIX_NAMES, OUTPUT_FIXES
+from orl_gym.rewards import RewardConfig
 
 METRICS = ("psnr", "ssim", "lpips", "unet_calls", "reward")
 NAMES = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG", "tqc": "TQC", "trpo": "TRPO",
@@ -207,6 +208,36 @@ def trace_summary(trace: list[dict[str, float]]) -> list[str]:
     return lines
 
 
+def describe_model(model: str) -> str:
+    """The report's words for the env's model setting."""
+    if model == "bundled":
+        return "`bundled` (orl_gym/assets/ldm-sr-tiny-x4, our tiny aerial LDM-SR, x4)"
+    return f"`{model}`"
+
+
+def describe_data(data: str | None) -> str:
+    """Where the test images come from: the data root and the datasets in it, or the source."""
+    source = resolve_source(data)
+    if source.kind != "root":
+        return f"`{source.describe()}`"
+    datasets = sorted(p.name for p in Path(source.location).iterdir() if p.is_dir())
+    where = "`$ORL_GYM_DATA`" if data is None else f"`{data}`"
+    return f"{where} (datasets: {', '.join(datasets)})"
+
+
+def describe_reward(reward_kwargs: dict) -> str:
+    """The reward's weights as the runs were trained with them (not the paper's defaults)."""
+    config = RewardConfig(**reward_kwargs)
+    terms = [("PSNR", config.psnr_weight), ("SSIM", config.ssim_weight),
+             ("LPIPS", config.lpips_weight), ("efficiency", config.efficiency_weight),
+             ("LR consistency", config.lr_consistency_weight), ("shaping", config.shaping_weight)]
+    text = ", ".join(f"{name} {weight:g}" for name, weight in terms if weight)
+    paper = RewardConfig()
+    same = all(getattr(config, f) == getattr(paper, f) for f in (
+        "psnr_weight", "ssim_weight", "lpips_weight", "efficiency_weight", "lr_consistency_weight", "shaping_weight"))
+    return text + (" (the paper's weights)" if same else " (not the paper's 0.4 / 0.3 / 0.2 / 0.1)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("experiments/results/runs"))
@@ -238,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"report_results: {run_dir} is not a run folder (no config.yaml); train it with "
                              f"`orl-gym train --algo {name} --run-dir {run_dir}` first")
     summaries = {name: run_summary(run_dir) for name, run_dir in runs.items()}
-    env_kwargs = yaml.safe_load((runs[args.main] / "config.yaml").read_text())["env_kwargs"]
+    main_config = yaml.safe_load((runs[args.main] / "config.yaml").read_text())
+    env_kwargs, env_preset_name = main_config["env_kwargs"], main_config.get("env", "?")
     for run_dir in runs.values():
         if yaml.safe_load((run_dir / "config.yaml").read_text())["env_kwargs"] != env_kwargs:
             raise SystemExit(f"report_results: {run_dir} was trained on other env settings than {runs[args.main]}")
@@ -345,21 +377,22 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Setup",
         "",
-        f"- Model: `{env_kwargs.get('model', 'bundled')}` (orl_gym/assets/ldm-sr-tiny-x4, our tiny aerial LDM-SR, x4), "
+        f"- Model: {describe_model(env_kwargs.get('model', 'bundled'))}, "
         f"default schedule DDIM {env_kwargs.get('num_inference_steps')} steps.",
-        f"- Test images: the test split of `$ORL_GYM_DATA` (UC Merced + AID) in the paper's eight categories "
+        f"- Test images: the test split of {describe_data(env_kwargs.get('data'))} in the paper's eight categories "
         f"(local stand-ins: `orl_gym.data.CATEGORY_ALIASES`), {len(no_rl.rows)} images, center "
         f"{env_kwargs.get('hr_size')}x{env_kwargs.get('hr_size')} HR crops, LR = antialiased bicubic /4. "
         "Every method sees the same images and, for the samplers, the same noise for each image (its z_T and its step noise)."
         + (f" Categories without test images here: {'; '.join(missing)}." if missing else ""),
         f"- Action space: {', '.join(actions.parameters)}; stride 1..{actions.max_stride}. "
-        f"Reward: PSNR 0.4, SSIM 0.3, LPIPS 0.2, efficiency 0.1 (`orl_gym/rewards.py`; 0 = bicubic quality at "
+        f"Reward: {describe_reward(env_kwargs.get('reward', {}))} (`orl_gym/rewards.py`; 0 = bicubic quality at "
         "the default schedule's cost).",
         f"- Best constant: grid `{args.grid}` ({len(grid_table)} settings x {args.grid_max_images} validation "
-        f"images, each image one episode); winner {best_setting}. The main policy trained for "
-        f"{main_summary['timesteps']:,} env steps.",
-        f"- {main_rl.name} hyperparameters (agents/{args.main}.yml, preset `tiny-x4`: the paper's Table 1 sized "
-        f"to a 2-core CPU): `{json.dumps({k: v for k, v in main_summary['hyperparams'].items() if k != 'policy_kwargs'})}`.",
+        f"images of every category, each image one episode, like the policies' training on every category); "
+        f"winner {best_setting}. The main policy trained for {main_summary['timesteps']:,} env steps.",
+        f"- {main_rl.name} hyperparameters (agents/{args.main}.yml, preset `{env_preset_name}`"
+        + (": the paper's Table 1 sized to a 2-core CPU" if env_preset_name == "tiny-x4" else "")
+        + f"): `{json.dumps({k: v for k, v in main_summary['hyperparams'].items() if k != 'policy_kwargs'})}`.",
         "",
         "## Targets",
         "",

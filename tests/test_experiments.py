@@ -78,6 +78,12 @@ def test_report_results_from_two_runs(preset, tmp_path):
                                            str(_notes(tmp_path, "second"))]) == 0
     assert (out / "README.md").read_text() == measured + "second discussion\n"
     assert "python experiments/report_results.py --runs" in readme  # the command that regenerates it
+    # The setup describes the runs' model, data, reward and preset, not the bundled defaults.
+    setup = readme.split("## Setup")[1].split("## Targets")[0]
+    assert "ldm-sr-tiny-x4" not in setup and "/model`" in setup
+    assert "ucmerced" in setup and "UC Merced + AID" not in setup
+    assert "PSNR 0.4, SSIM 0.3, efficiency 0.1 (not the paper's" in setup
+    assert f"preset `{preset}`)" in setup and "2-core CPU" not in setup
     for line in ("| **all** | No RL | 5 |", "| **all** | best constant | 5 |", "| **all** | PPO | 5 |",
                  "| **all** | A2C | 5 |", "| **all** | bicubic | 5 |"):
         assert line in readme
