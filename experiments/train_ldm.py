@@ -57,8 +57,9 @@ training).
 
 Every invocation resumes from the checkpoints in ``--out`` with the run's saved settings: an
 option left off the command line keeps its value from the last invocation, not the default
-(``--device``, ``--threads``, ``--max-minutes``, ``--export``, ``--export-only``, ``--no-export``
-and ``--no-progress`` are the invocation's own), so ``train_ldm.py --out RUN`` continues RUN as it
+(``--device``, ``--threads``, ``--max-minutes``, ``--export``, ``--export-only``, ``--no-export``,
+``--no-progress`` and ``--init-from`` / ``--init-stages``, which act once, are the invocation's
+own), so ``train_ldm.py --out RUN`` continues RUN as it
 was started. Raising ``--vq-steps`` or ``--unet-steps`` continues a finished stage (the
 learning-rate schedule is a function of (step, total steps), so it is recomputed for the new
 total). Ctrl-C, SIGTERM or a file
@@ -243,9 +244,11 @@ VQ_ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "code
 UNET_ARCH_FIELDS = ("unet_channels", "unet_layers_per_block", "attention_levels",
                     "unet_mid_attention", "norm_num_groups", "prediction_type")
 # Settings of one invocation, not of the run: a resume that leaves them out gets the CLI default.
-# ("no_progress" is how --no-progress appears among the given options.)
+# ("no_progress" is how --no-progress appears among the given options.) --init-from acts once, at
+# the run's start (init_from.json and the card's notes keep the lineage): carried over, a relative
+# source path would be checked again against another working directory on every resume.
 PER_INVOCATION_FIELDS = ("out", "device", "threads", "progress", "no_progress", "max_minutes",
-                         "export", "export_only", "no_export")
+                         "export", "export_only", "no_export", "init_from", "init_stages")
 # What --init-from copies for each stage (the latents cache belongs to the VQ that encoded it).
 INIT_FILES = {"vq": ("vq/checkpoint.pt", "unet/latents.pt"), "decoder": ("decoder/checkpoint.pt",),
               "unet": ("unet/checkpoint.pt",)}

@@ -227,7 +227,8 @@ def test_resume_keeps_the_runs_settings_not_the_defaults(train_ldm, tmp_path, ca
     out.mkdir()
     saved = asdict(train_ldm.TrainConfig(
         out=str(out), unet_steps=30000, unet_lr=2e-4, unet_batch_size=32, stages="unet",
-        unet_lowfreq_weight=10.0, device="cuda", threads=16, max_minutes=5.0, export="/elsewhere"))
+        unet_lowfreq_weight=10.0, device="cuda", threads=16, max_minutes=5.0, export="/elsewhere",
+        init_from="relative/source", init_stages="vq,unet"))
     (out / "run_config.json").write_text(json.dumps({"config": saved}))
     argv = ["--out", str(out), "--unet-lr", "1e-4"]
     cfg = train_ldm.resolve_config(train_ldm.parse_args(argv), argv)
@@ -235,8 +236,9 @@ def test_resume_keeps_the_runs_settings_not_the_defaults(train_ldm, tmp_path, ca
     assert cfg.unet_lr == 1e-4  # given: the new value wins
     # The invocation's own settings take the defaults.
     defaults = train_ldm.TrainConfig(out="")
-    assert (cfg.device, cfg.threads, cfg.max_minutes, cfg.export) == (
-        defaults.device, defaults.threads, defaults.max_minutes, defaults.export)
+    assert (cfg.device, cfg.threads, cfg.max_minutes, cfg.export, cfg.init_from, cfg.init_stages) == (
+        defaults.device, defaults.threads, defaults.max_minutes, defaults.export, defaults.init_from,
+        defaults.init_stages)  # --init-from acted once, at the start
     assert "--unet-steps 30000" in capsys.readouterr().err  # says what it kept
     # A value equal to the default can still be given explicitly to go back to it.
     argv = ["--out", str(out), "--unet-lowfreq-weight", "0"]
