@@ -283,13 +283,13 @@ def evaluate(args: argparse.Namespace) -> Path:
             print(f"orl-gym: --grid {args.grid}: left out what this run's actions cannot take: "
                   f"{'; '.join(left_out)}", file=sys.stderr)
     common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
-                  seed=args.seed, keep_images=args.grid_images)
+                  seed=args.seed, keep_images=args.grid_images, progress=not args.no_progress)
     results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
     grid_note = "grid search skipped (--no-grid)"
     if grid is not None:
         action, setting, table = grid_search_constant_action(env_kwargs, actions, grid=grid, split="validation",
                                                              num_envs=args.n_envs, max_images=args.grid_max_images,
-                                                             seed=args.seed)
+                                                             seed=args.seed, progress=not args.no_progress)
         results.append(evaluate_method("best constant", constant_policy(action), env_kwargs, **common))
         grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings"
                      f"{' (left out: ' + '; '.join(left_out) + ')' if left_out else ''}, "
@@ -328,6 +328,7 @@ def demo(args: argparse.Namespace) -> int:
     eval_args = parser.parse_args([
         "evaluate", str(run_dir), "--split", "test", "--n-envs", "64", "--max-images", str(args.eval_images),
         "--grid", "quick", "--grid-max-images", "64", "--grid-images", "4",
+        *(["--no-progress"] if args.no_progress else []),
     ])
     out_dir = evaluate(eval_args)
     minutes = (time.perf_counter() - start) / 60
@@ -422,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-images", type=int, default=4, help="images in the comparison PNG")
     p.add_argument("--out", help="report folder (default: RUN/evaluation, or MODEL/evaluation next to a "
                    "MODEL.zip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate_command)
 
     p = commands.add_parser("demo", help="the main job: train PPO briefly on the bundled model and evaluate")
@@ -431,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--device")
     p.add_argument("--run-dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (training and evaluation)")
     p.set_defaults(func=demo)
 
     p = commands.add_parser("fetch-weights", help="download, convert and cache real LPIPS backbone weights "

@@ -250,6 +250,7 @@ def grid_search_constant_action(
     num_envs: int = 64,
     max_images: int | None = 64,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
     """The constant action with the highest mean reward on ``split``: (action, its parameters, table).
 
@@ -261,7 +262,8 @@ def grid_search_constant_action(
         raise ValueError(f"grid: {'; '.join(dropped)}; leave those values out of the grid (fit_grid() does)")
     names = [p for p in actions.parameters if p in grid]
     table = []
-    for values in tqdm(list(itertools.product(*(grid[n] for n in names))), desc="grid search", unit="setting"):
+    for values in tqdm(list(itertools.product(*(grid[n] for n in names))), desc="grid search", unit="setting",
+                       disable=not progress):
         setting = dict(zip(names, values, strict=True))
         result = evaluate_method("constant", constant_policy(encode_params(actions, **setting)), env_kwargs,
                                  split=split, num_envs=num_envs, max_images=max_images, seed=seed, progress=False)

@@ -66,10 +66,12 @@ def test_train_resume_and_evaluate(preset, tmp_path, capsys):
     table = (run / "evaluation" / "table.md").read_text()
     assert "| RL | all |" in table and "| No RL | all |" in table and "| bicubic | all |" in table
     assert (run / "evaluation" / "comparison.png").is_file() and (run / "evaluation" / "per_image.csv").is_file()
+    assert "No RL:" in capsys.readouterr().err  # its progress bar
     # The same policy scored after an output fix: same UNet calls per image, other images.
     fixed = tmp_path / "fixed"
     assert main(["evaluate", str(run), "--no-grid", "--n-envs", "4", "--grid-images", "2",
-                 "--output-fix", "back_projection", "--out", str(fixed)]) == 0
+                 "--output-fix", "back_projection", "--out", str(fixed), "--no-progress"]) == 0
+    assert "No RL:" not in capsys.readouterr().err  # --no-progress: no bars
     rows = {name: list(csv.DictReader((folder / "per_image.csv").open()))
             for name, folder in (("plain", run / "evaluation"), ("fixed", fixed))}
     assert [r["unet_calls"] for r in rows["plain"]] == [r["unet_calls"] for r in rows["fixed"]]
