@@ -31,6 +31,7 @@ import torch
 
 from orl_gym.evaluation import paired_interval
 from orl_gym.io import atomic_write_text, machine_description, rerun_command, write_report
+from orl_gym.models import load_ldmsr
 
 HERE = Path(__file__).resolve().parent
 METRICS = (("psnr", "PSNR (dB)", 2, "higher"), ("ssim", "SSIM", 4, "higher"),
@@ -91,6 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-lpips", action="store_true")
     p.add_argument("--out", type=Path, default=Path("experiments/results/compare_base_models.md"))
     return p.parse_args(argv)
+
+
+def check_same_crops(models: dict[str, str]) -> None:
+    """Refuse, before minutes of evaluation, models that crop whole images to other multiples
+    (UNets of other depths): their images could not be paired. ``check_same_images`` checks the
+    evaluated images themselves afterwards."""
+    multiples = {label: load_ldmsr(path, dtype=torch.float32).hr_multiple for label, path in models.items()}
+    if len(set(multiples.values())) > 1:
+        raise SystemExit("the models crop whole images to other multiples (HR sides a multiple of "
+                         f"{', '.join(f'{m} for `{label}`' for label, m in multiples.items())}): the paired "
+                         "comparison needs the same images and crops; compare models with equal hr_multiple")
 
 
 def check_same_images(results: dict[str, dict]) -> None:
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     models = parse_models(args.models)
     overrides = parse_scheduler_overrides(args.scheduler_config, models)
+    check_same_crops(models)
     evaluator = _eval_base_model()
     results = {}
     for label, path in models.items():

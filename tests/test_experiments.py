@@ -286,6 +286,22 @@ def test_compare_base_models_refuses_models_evaluated_on_other_crops():
     module.check_same_images({"a": results["a"], "same": {"datasets": {"uc": dict(dataset)}}})  # passes
 
 
+def test_compare_base_models_refuses_other_crop_multiples_before_evaluating(preset, tmp_path, monkeypatch):
+    import dataclasses
+
+    from orl_gym.models import LDMSRArchitecture
+
+    module = _script("compare_base_models")
+    model_dir = yaml.safe_load(preset.read_text())["model"]
+    tiny = LDMSRArchitecture.tiny()
+    deep = tmp_path / "deep"  # one UNet level more: HR sides a multiple of twice as much
+    dataclasses.replace(tiny, unet_channels=(*tiny.unet_channels, tiny.unet_channels[-1]),
+                        attention_levels=(*tiny.attention_levels, False)).build(seed=1).save_pretrained(deep)
+    monkeypatch.setattr(module, "_eval_base_model", lambda: pytest.fail("evaluated before the check"))
+    with pytest.raises(SystemExit, match="other multiples"):
+        module.main(["--models", f"a={model_dir}", f"deep={deep}", "--out", str(tmp_path / "c.md")])
+
+
 def test_compare_base_models_scheduler_override_changes_the_sampler_only(preset, data_root, tmp_path):
     module = _script("compare_base_models")
     model_dir = yaml.safe_load(preset.read_text())["model"]
