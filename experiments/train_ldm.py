@@ -59,10 +59,9 @@ Every invocation resumes from the checkpoints in ``--out`` with the run's saved 
 option left off the command line keeps its value from the last invocation, not the default
 (``--device``, ``--threads``, ``--max-minutes``, ``--export``, ``--export-only``, ``--no-export``,
 ``--no-progress`` and ``--init-from`` / ``--init-stages``, which act once, are the invocation's
-own), so ``train_ldm.py --out RUN`` continues RUN as it
-was started. Raising ``--vq-steps`` or ``--unet-steps`` continues a finished stage (the
-learning-rate schedule is a function of (step, total steps), so it is recomputed for the new
-total). Ctrl-C, SIGTERM or a file
+own), so ``train_ldm.py --out RUN`` continues RUN as it was started. Raising ``--vq-steps`` or
+``--unet-steps`` continues a finished stage (the learning-rate schedule is a function of
+(step, total steps), so it is recomputed for the new total). Ctrl-C, SIGTERM or a file
 ``<out>/STOP`` saves a checkpoint and exits cleanly, without the export (``--export-only``
 writes one from those checkpoints); remove the STOP file before training again (an invocation
 that finds one refuses to start). Options cannot be abbreviated.
@@ -1599,8 +1598,8 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
     saved = _saved_config(Path(cfg.out))
     if saved is not None:
         # Without this, `train_ldm.py --out RUN` after a run with --unet-steps 30000 would stop
-        # the stage at the default 8000, restart its learning rate at the default, and an
-        # --export-only would write a card with default hyperparameters.
+        # the stage at the default 8000 and restart its learning rate at the default. (The card
+        # reads each stage's settings from its checkpoint, so it was right either way.)
         restored = []
         for f in fields(TrainConfig):
             name = f.name
