@@ -23,3 +23,24 @@ def test_readme_opens_with_main_job_and_test_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _readme_commands()[1] in ci_lines
+
+
+def test_readme_python_snippets_run(data_root, lpips_home, monkeypatch):
+    """The "Using it" snippets as a user pastes them (bundled model, real images, real LPIPS
+    weights); only the PPO training budget is left out (50,000 steps are minutes, not a test)."""
+    from stable_baselines3 import PPO
+
+    monkeypatch.setenv("ORL_GYM_DATA", str(data_root))
+    blocks = re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    exec(blocks[0], namespace)  # noqa: S102 - the README's own code
+    assert namespace["reward"] is not None and namespace["obs"]["latent"].dtype.name == "float32"
+    assert namespace["venv"].num_envs == 64
+    namespace["venv"].close()
+    training = "model.learn(50_000)"
+    assert training in blocks[1]
+    exec(blocks[1].replace(training, ""), namespace)  # noqa: S102
+    assert isinstance(namespace["model"], PPO) and namespace["venv"].num_envs == 64
+    namespace["venv"].close()
+    namespace["env"].close()
