@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from orl_gym.actions import PARAMETERS, ActionConfig, encode_params
-from orl_gym.agents import algorithm_class
+from orl_gym.agents import algorithm_class, hyperparams_entry
 from orl_gym.data import PAPER_CATEGORIES, resolve_source
 from orl_gym.env import EnvConfig, build_params
 from orl_gym.evaluation import (
@@ -215,12 +215,13 @@ def describe_model(model: str) -> str:
     return f"`{model}`"
 
 
-def describe_data(data: str | None) -> str:
-    """Where the test images come from: the data root and the datasets in it, or the source."""
+def describe_data(data: str | None, categories_seen: list[str]) -> str:
+    """Where the test images come from: the source, and for a data root the datasets the
+    evaluated images belong to (``categories_seen``: their ``dataset/class`` names)."""
     source = resolve_source(data)
     if source.kind != "root":
         return f"`{source.describe()}`"
-    datasets = sorted(p.name for p in Path(source.location).iterdir() if p.is_dir())
+    datasets = sorted({name.split("/")[0] for name in categories_seen})
     where = "`$ORL_GYM_DATA`" if data is None else f"`{data}`"
     return f"{where} (datasets: {', '.join(datasets)})"
 
@@ -235,7 +236,7 @@ def describe_reward(reward_kwargs: dict) -> str:
     paper = RewardConfig()
     same = all(getattr(config, f) == getattr(paper, f) for f in (
         "psnr_weight", "ssim_weight", "lpips_weight", "efficiency_weight", "lr_consistency_weight", "shaping_weight"))
-    return text + (" (the paper's weights)" if same else " (not the paper's 0.4 / 0.3 / 0.2 / 0.1)")
+    return text + (", the paper's weights" if same else ", not the paper's 0.4 / 0.3 / 0.2 / 0.1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # README.
     main_summary = summaries[args.main]
+    # The YAML entry training read: the preset's, or the env id's for an env file given by path.
+    entry = hyperparams_entry(main_summary["algo"], env_preset_name)
+    trained_categories = env_kwargs.get("categories")
+    grid_categories = (f"the runs' categories ({', '.join(trained_categories)})" if trained_categories
+                       else "every category")
     lines = [
         "# Result: the learned sampling policy against the sampler without RL",
         "",
@@ -379,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- Model: {describe_model(env_kwargs.get('model', 'bundled'))}, "
         f"default schedule DDIM {env_kwargs.get('num_inference_steps')} steps.",
-        f"- Test images: the test split of {describe_data(env_kwargs.get('data'))} in the paper's eight categories "
+        f"- Test images: the test split of {describe_data(env_kwargs.get('data'), [r['category'] for r in no_rl.rows])} "
+        "in the paper's eight categories "
         f"(local stand-ins: `orl_gym.data.CATEGORY_ALIASES`), {len(no_rl.rows)} images, center "
         f"{env_kwargs.get('hr_size')}x{env_kwargs.get('hr_size')} HR crops, LR = antialiased bicubic /4. "
         "Every method sees the same images and, for the samplers, the same noise for each image (its z_T and its step noise)."
@@ -388,10 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Reward: {describe_reward(env_kwargs.get('reward', {}))} (`orl_gym/rewards.py`; 0 = bicubic quality at "
         "the default schedule's cost).",
         f"- Best constant: grid `{args.grid}` ({len(grid_table)} settings x {args.grid_max_images} validation "
-        f"images of every category, each image one episode, like the policies' training on every category); "
+        f"images of {grid_categories}, each image one episode, like the policies' training); "
         f"winner {best_setting}. The main policy trained for {main_summary['timesteps']:,} env steps.",
-        f"- {main_rl.name} hyperparameters (agents/{args.main}.yml, preset `{env_preset_name}`"
-        + (": the paper's Table 1 sized to a 2-core CPU" if env_preset_name == "tiny-x4" else "")
+        f"- {main_rl.name} hyperparameters (agents/{main_summary['algo']}.yml, entry `{entry}`"
+        + (": the paper's Table 1 sized to a 2-core CPU" if entry == "tiny-x4" else "")
         + f"): `{json.dumps({k: v for k, v in main_summary['hyperparams'].items() if k != 'policy_kwargs'})}`.",
         "",
         "## Targets",

@@ -643,8 +643,10 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     machine = (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
                f"{record.get('threads', '?')} torch thread(s), nice {record.get('niceness', 10)}, "
                "shared with other jobs")
-    if cfg.device != "cpu":
-        machine = cfg.device
+    # The training invocation's device (the record's), not an --export-only's.
+    device = record.get("config", {}).get("device", cfg.device)
+    if device != "cpu":
+        machine = device
     log_path = Path(cfg.out) / "commands.log"
     commands = [line.strip() for line in (log_path.read_text().splitlines() if log_path.exists() else [])
                 if line.strip() and "--export-only" not in line]
@@ -1716,6 +1718,10 @@ def init_run_from(cfg: TrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = resolve_config(parse_args(argv), argv)
+    if cfg.data is not None and not cfg.data.startswith("hub:") and Path(cfg.data).exists():
+        # Recorded as an absolute path: a resume keeps --data (resolve_config) and may run from
+        # another working directory. (A name under $ORL_GYM_DATA stays a name.)
+        cfg.data = str(Path(cfg.data).resolve())
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:

@@ -245,6 +245,24 @@ def test_resume_keeps_the_runs_settings_not_the_defaults(train_ldm, tmp_path, ca
     assert train_ldm.resolve_config(train_ldm.parse_args(argv), argv).unet_lowfreq_weight == 0.0
 
 
+def test_a_relative_data_path_is_recorded_absolute_for_resumes_elsewhere(train_ldm, synthetic_data, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.chdir(synthetic_data.parent)
+    assert train_ldm.main(_args(out, Path(synthetic_data.name), 1, 1, "--no-export")) == 0
+    recorded = json.loads((out / "run_config.json").read_text())["config"]["data"]
+    assert recorded == str(synthetic_data.resolve())
+    monkeypatch.chdir(tmp_path)  # a resume from elsewhere, --data left out: the same images
+    argv = ["--out", str(out)]
+    assert train_ldm.resolve_config(train_ldm.parse_args(argv), argv).data == recorded
+    # The card names the training invocation's device, not that of a later --export-only.
+    record = json.loads((out / "run_config.json").read_text())
+    record["config"]["device"] = "cuda:0"  # as if trained on a GPU
+    (out / "run_config.json").write_text(json.dumps(record))
+    assert train_ldm.main(["--out", str(out), "--export-only"]) == 0
+    assert "Machine: cuda:0" in (out / "export" / "README.md").read_text()
+
+
 def test_unet_ema_resume_takes_the_new_decay_and_the_device(train_ldm):
     from diffusers.training_utils import EMAModel
 
