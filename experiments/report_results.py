@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {name: run_summary(run_dir) for name, run_dir in runs.items()}
     main_config = yaml.safe_load((runs[args.main] / "config.yaml").read_text())
     env_kwargs, env_preset_name = main_config["env_kwargs"], main_config.get("env", "?")
+    # The YAML entry training read (the preset's, or the env id's for an env file given by path);
+    # looked up before minutes of evaluation, not after.
+    entry = hyperparams_entry(summaries[args.main]["algo"], env_preset_name)
     for run_dir in runs.values():
         if yaml.safe_load((run_dir / "config.yaml").read_text())["env_kwargs"] != env_kwargs:
             raise SystemExit(f"report_results: {run_dir} was trained on other env settings than {runs[args.main]}")
@@ -363,8 +366,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # README.
     main_summary = summaries[args.main]
-    # The YAML entry training read: the preset's, or the env id's for an env file given by path.
-    entry = hyperparams_entry(main_summary["algo"], env_preset_name)
     trained_categories = env_kwargs.get("categories")
     grid_categories = (f"the runs' categories ({', '.join(trained_categories)})" if trained_categories
                        else "every category")
