@@ -326,10 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    model_folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
     if not (args.from_results or args.no_card or args.card or args.scheduler_config):
         # Before measuring: the card goes into the model's folder, which a hub id does not have.
-        folder = bundled_model_path() if args.model == "bundled" else Path(args.model)
-        if not folder.is_dir():
+        if not model_folder.is_dir():
             raise SystemExit(f"--model {args.model} is not a local model folder: name the card to write "
                              "with --card, or pass --no-card")
     if args.from_results:
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.from_results:
             card = args.from_results.with_name("README.md")
         else:
-            card = (bundled_model_path() if args.model == "bundled" else Path(args.model)) / "README.md"
+            card = model_folder / "README.md"
         write_card(card, table)
         json_path = card.with_name("eval_results.json")
         if not args.from_results:

@@ -226,16 +226,16 @@ def describe_data(data: str | None, categories_seen: list[str]) -> str:
     return f"{where} (datasets: {', '.join(datasets)})"
 
 
+REWARD_WEIGHTS = (("PSNR", "psnr_weight"), ("SSIM", "ssim_weight"), ("LPIPS", "lpips_weight"),
+                  ("efficiency", "efficiency_weight"), ("LR consistency", "lr_consistency_weight"),
+                  ("shaping", "shaping_weight"))
+
+
 def describe_reward(reward_kwargs: dict) -> str:
     """The reward's weights as the runs were trained with them (not the paper's defaults)."""
-    config = RewardConfig(**reward_kwargs)
-    terms = [("PSNR", config.psnr_weight), ("SSIM", config.ssim_weight),
-             ("LPIPS", config.lpips_weight), ("efficiency", config.efficiency_weight),
-             ("LR consistency", config.lr_consistency_weight), ("shaping", config.shaping_weight)]
-    text = ", ".join(f"{name} {weight:g}" for name, weight in terms if weight)
-    paper = RewardConfig()
-    same = all(getattr(config, f) == getattr(paper, f) for f in (
-        "psnr_weight", "ssim_weight", "lpips_weight", "efficiency_weight", "lr_consistency_weight", "shaping_weight"))
+    config, paper = RewardConfig(**reward_kwargs), RewardConfig()
+    text = ", ".join(f"{name} {getattr(config, key):g}" for name, key in REWARD_WEIGHTS if getattr(config, key))
+    same = all(getattr(config, key) == getattr(paper, key) for _, key in REWARD_WEIGHTS)
     return text + (", the paper's weights" if same else ", not the paper's 0.4 / 0.3 / 0.2 / 0.1")
 
 

@@ -1156,12 +1156,18 @@ def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
     return latents, lrs
 
 
+def data_source(cfg: TrainConfig) -> str | None:
+    """The data the run reads: --data, else $ORL_GYM_DATA; a local path made absolute (a name under
+    $ORL_GYM_DATA or a hub spec stays as given)."""
+    data = cfg.data if cfg.data is not None else os.environ.get(DATA_ENV_VAR)
+    if data is not None and not data.startswith("hub:") and Path(data).exists():
+        data = str(Path(data).resolve())
+    return data
+
+
 def latent_cache_key(cfg: TrainConfig) -> dict:
     """What the cached UNet latents were encoded from, besides the VQ step."""
-    data = cfg.data if cfg.data is not None else os.environ.get(DATA_ENV_VAR)
-    if data is not None and Path(data).exists():
-        data = str(Path(data).resolve())
-    return {"data": data, "unet_crop": cfg.unet_crop, "val_images": cfg.val_images}
+    return {"data": data_source(cfg), "unet_crop": cfg.unet_crop, "val_images": cfg.val_images}
 
 
 def crop_batch(latents: list[torch.Tensor], lrs: list[torch.Tensor], batch_size: int, side: int,
@@ -1718,10 +1724,10 @@ def init_run_from(cfg: TrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = resolve_config(parse_args(argv), argv)
-    if cfg.data is not None and not cfg.data.startswith("hub:") and Path(cfg.data).exists():
+    if cfg.data is not None:
         # Recorded as an absolute path: a resume keeps --data (resolve_config) and may run from
-        # another working directory. (A name under $ORL_GYM_DATA stays a name.)
-        cfg.data = str(Path(cfg.data).resolve())
+        # another working directory.
+        cfg.data = data_source(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:

@@ -189,13 +189,13 @@ def train(args: argparse.Namespace) -> Path:
     # Env and agent first: a run that cannot start leaves no folder behind (nor a changed one).
     env = wrap_for(config["hyperparams"], make_sb3_env(num_envs=config["n_envs"], **config["env_kwargs"]))
     scorer = _validation_scorer(config["env_kwargs"], max_images=config["eval_images"], num_envs=config["n_envs"])
+    agent_device = config.get("agent_device", "auto")  # (runs from before it was recorded: "auto")
     if args.resume:
         model = algorithm_class(config["algo"]).load(run_dir / "checkpoints" / "latest.zip", env=env,
-                                                     tensorboard_log=str(run_dir / "tb"),
-                                                     device=config.get("agent_device", "auto"))
+                                                     tensorboard_log=str(run_dir / "tb"), device=agent_device)
     else:
         model, _ = build_agent(config["algo"], env, config["hyperparams"], seed=config["seed"],
-                               device=args.agent_device, tensorboard_log=str(run_dir / "tb"))
+                               device=agent_device, tensorboard_log=str(run_dir / "tb"))
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_files(run_dir, config)
     monitor = TrainingMonitor(run_dir, evaluate=scorer, eval_freq=config["eval_freq"],
@@ -459,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input (unknown algorithm / preset / category, missing model or weights, no data):
         # one line that says what exists or what to run, not a traceback.
         return _fail(str(err))
-    except yaml.YAMLError as err:  # a YAML file read below the command line's own checks
+    except yaml.YAMLError as err:
+        # YAML that orl_gym.configs did not read (it reports its own errors): a library's, such as
+        # a local dataset folder's metadata read by datasets.
         return _fail(f"not valid YAML ({yaml_error_summary(err)})")
 
 

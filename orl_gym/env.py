@@ -408,6 +408,11 @@ def observe(params: EnvParams, state: EnvState) -> dict[str, np.ndarray]:
     }
 
 
+# Final metrics that are counts (int64 columns, -1 where a row did not finish), in this order
+# after the reward's own metrics.
+COUNT_METRICS = ("unet_calls", "guidance_evals")
+
+
 @dataclass(frozen=True)
 class StepResult:
     """One batched step: the new state and, for the rows that finished, their metrics."""
@@ -463,7 +468,9 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
                                                terminated=finished)
         new = replace(new, potential=next_potential)
 
-    finished_host = finished.cpu().numpy()  # the step's one host sync
+    # The host must know whether any row finished (to score those rows); the step's outputs are
+    # copied to the host at the end (four small copies, after the reward is computed).
+    finished_host = finished.cpu().numpy()
     final_metrics: dict[str, np.ndarray] = {}
     rows = images = paid = None
     if finished_host.any():
@@ -475,15 +482,16 @@ def step_batch(params: EnvParams, state: EnvState, action: np.ndarray | torch.Te
         )
         reward = reward.index_add(0, rows, paid.reward.to(reward.dtype))
         # Every metric of the finished rows in one host copy (not one per metric); the counts
-        # are exact in float64 and go back to int64 columns below.
-        names = [*paid.metrics, "unet_calls", "guidance_evals"]
+        # are exact in float64 and go back to int64 columns (-1 where a row did not finish).
         stacked = torch.stack([*(v.detach().double() for v in paid.metrics.values()),
                                new.sampler.nfe[rows].double(), new.sampler.guidance_evals[rows].double()])
-        for key, values in zip(names, stacked.cpu().numpy(), strict=True):
-            counts = key in ("unet_calls", "guidance_evals")
-            column = np.full(state.batch_size, -1 if counts else np.nan, dtype=np.int64 if counts else np.float64)
+        stacked = stacked.cpu().numpy()
+        for key, values in zip([*paid.metrics, *COUNT_METRICS], stacked, strict=True):
+            column = np.full(state.batch_size, np.nan)
             column[finished_host] = values
             final_metrics[key] = column
+        for key in COUNT_METRICS:
+            final_metrics[key] = np.where(finished_host, final_metrics[key], -1).astype(np.int64)
         # Which image each finished row was (CPU tensors: no sync), for per-image evaluation.
         final_metrics["image_index"] = np.where(finished_host, state.image_index.numpy(), -1).astype(np.int64)
         final_metrics["label"] = np.where(finished_host, state.labels.numpy(), -1).astype(np.int64)

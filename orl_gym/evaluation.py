@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -98,19 +99,24 @@ class SB3Policy:
         if tuple(model_act.shape) != tuple(action_space.shape):
             raise ValueError(f"the model's actions have shape {tuple(model_act.shape)}, this env's "
                              f"{tuple(action_space.shape)} (another set of action parameters); {advice}")
-        expected = {key: tuple(space.shape) for key, space in observation_space.spaces.items()}
-        if hasattr(model_obs, "spaces"):
+        if self._flat:  # a flat model (CrossQ): the flattened size is what must agree
+            found, expected = tuple(model_obs.shape), (gym.spaces.flatdim(observation_space),)
+        else:
             found = {key: tuple(space.shape) for key, space in model_obs.spaces.items()}
-        else:  # a flat model (CrossQ): the flattened size is what must agree
-            found, expected = tuple(model_obs.shape), (sum(math.prod(shape) for shape in expected.values()),)
+            expected = {key: tuple(space.shape) for key, space in observation_space.spaces.items()}
         if found != expected:
             raise ValueError(f"the model's observations have shapes {found}, this env's {expected} (another "
                              f"hr_size or model); {advice}")
 
+    @property
+    def _flat(self) -> bool:
+        """Trained through FlattenDictObservation (CrossQ): one flat Box instead of the Dict."""
+        return not hasattr(self.model.observation_space, "spaces")
+
     def _adapt(self, obs: dict[str, np.ndarray]) -> Any:
-        # Models trained through FlattenDictObservation (CrossQ) expect one flat Box, in the
-        # layout they were trained on (one helper for both sides: the keys' order matters).
-        if not hasattr(self.model.observation_space, "spaces"):
+        # A flat model expects one flat Box, in the layout it was trained on (one helper for both
+        # sides: the keys' order matters).
+        if self._flat:
             from orl_gym.agents import flatten_observation
 
             return flatten_observation(obs)

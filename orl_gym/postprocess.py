@@ -75,8 +75,9 @@ def _in_float32(fix):
 
     @functools.wraps(fix)
     def wrapper(sr: Tensor, lr: Tensor, *args, **kwargs) -> Tensor:
-        if sr.dtype not in _HALF and lr.dtype not in _HALF:
-            return fix(sr, lr, *args, **kwargs)
+        if getattr(sr, "dtype", None) not in _HALF and getattr(lr, "dtype", None) not in _HALF:
+            return fix(sr, lr, *args, **kwargs)  # checks its inputs itself (non-tensors too)
+        _check(sr, lr)  # before the casts, which would turn a uint8 LR into float values of 0-255
         return fix(sr.float(), lr.float(), *args, **kwargs).to(sr.dtype)
 
     return wrapper

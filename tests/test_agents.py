@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -73,6 +74,12 @@ def test_a_crossq_model_loaded_from_disk_is_scored_on_its_training_layout(venv, 
     expected, _ = loaded.predict(flat, deterministic=True)
     actions = SB3Policy(loaded)(obs, np.ones(venv.num_envs, dtype=bool))
     np.testing.assert_array_equal(actions, expected)
+    # Its spaces check compares the flattened size: this env's passes, a larger LR does not.
+    SB3Policy(loaded).check_spaces(venv.observation_space, venv.action_space)
+    larger = gym.spaces.Dict({**venv.observation_space.spaces,
+                              "lr": gym.spaces.Box(0, 255, (2 * venv.observation_space["lr"].shape[0],), np.uint8)})
+    with pytest.raises(ValueError, match="observations have shapes"):
+        SB3Policy(loaded).check_spaces(larger, venv.action_space)
 
 
 def test_unknown_hyperparameters_are_a_one_line_value_error(venv):

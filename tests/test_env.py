@@ -212,10 +212,13 @@ def test_vector_infos_follow_gymnasiums_same_step_convention(env_kwargs):
     _, first = venv.reset(seed=0)
     stride4 = np.stack([encode_params(venv.unwrapped.params.actions, stride=4)] * n)
     venv.step(stride4)
-    _, _, terminated, _, info = venv.step(stride4)  # 6 schedule entries, stride 4: done in 2 steps
+    finishing = stride4.copy()
+    finishing[:, 1] = 5.0  # an eta coordinate out of range: clipped (counted), the same step count
+    _, _, terminated, _, info = venv.step(finishing)  # 6 schedule entries, stride 4: done in 2 steps
     assert terminated.all()
     final = info["final_info"]
     assert final["_action_clipped"].all() and final["unet_calls"].tolist() == [2, 2]
+    assert final["action_clipped"].tolist() == [1, 1]  # the finishing step's count, not the new episode's
     assert final["image_index"].tolist() == first["image_index"].tolist()  # the images that finished
     assert final["image_index"].dtype == np.int64 and final["unet_calls"].dtype == np.int64
     state = venv.unwrapped.state

