@@ -239,6 +239,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         write_report,
     )
     from orl_gym.io import atomic_write_text
+    from orl_gym.run_policies import load_run_policy
 
     target = Path(args.run_or_model)
     if target.is_dir():
@@ -250,24 +251,20 @@ def evaluate(args: argparse.Namespace) -> Path:
             raise ValueError(f"{' / '.join(given)}: a run folder fixes its algorithm and env; use --env-kwargs / "
                              "--model / --data / --device / --output-fix to change the env")
         config = _read_run_config(target, EVALUATE_KEYS)
-        algo, env_kwargs = config["algo"], config["env_kwargs"]
-        model_path = target / "checkpoints" / "best_model.zip"
-        if not model_path.is_file():
-            model_path = target / "checkpoints" / "latest.zip"
+        algo = config["algo"]
+        # The run's env, with what the command line changes (a .zip's had them applied).
+        env_kwargs = _with_overrides(config["env_kwargs"], args)
+        # The run's engine (SB3, d3rlpy, RLlib) knows its checkpoint format.
+        policy, model_path = load_run_policy(target, config)
         out_dir = Path(args.out) if args.out else target / "evaluation"
     elif target.is_file():
         if not args.algo or not args.env:
             raise ValueError("evaluating a model .zip needs --algo and --env (the preset it was trained on)")
         algo, env_kwargs, model_path = args.algo, _env_kwargs(args), target
+        policy = SB3Policy(algorithm_class(algo).load(model_path, device="cpu"))
         out_dir = Path(args.out) if args.out else target.with_suffix("") / "evaluation"
     else:
         raise ValueError(f"{target}: no such run folder or model file")
-    if not model_path.is_file():
-        raise ValueError(f"{model_path}: missing; train first (orl-gym train) or pass a model .zip")
-    if target.is_dir():  # the run's env, with what the command line changes (a .zip's had them applied)
-        env_kwargs = _with_overrides(env_kwargs, args)
-    model = algorithm_class(algo).load(model_path, device="cpu")
-    policy = SB3Policy(model)
     policy.check_spaces(*env_spaces(env_kwargs, split=args.split, categories=args.categories,
                                     max_images=args.max_images))  # before No RL and the grid run
     actions = ActionConfig(**env_kwargs.get("actions", {}))
