@@ -103,7 +103,9 @@ from tqdm import tqdm
 
 from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
 from orl_gym.models import (
+    LATENT_TARGET_KINDS,
     LDMSR,
+    LatentTarget,
     LDMSRArchitecture,
     bundled_model_path,
     checkpoint_digest,
@@ -139,6 +141,12 @@ class TrainConfig:
     vq_mid_attention: bool = False
     unet_mid_attention: bool = False
     norm_num_groups: int = 8
+    # What the VQ autoencodes (orl_gym.models.LatentTarget): "image" (the CompVis format) or
+    # "residual" (s * (HR - bicubic(LR)), decoded as bicubic(LR) + D(z) / s); fixed by the first
+    # invocation like the architecture. The scale: the training crops' residual std is ~0.08, so
+    # 5 gives the VQ inputs of about an image's std in [-1, 1] (0.41).
+    latent_target: str = "image"
+    residual_scale: float = 5.0
     # stage 1: VQ autoencoder
     vq_steps: int = 8000
     vq_minutes: float = 0.0
@@ -221,8 +229,15 @@ class TrainConfig:
             unet_channels=tuple(self.unet_channels), unet_layers_per_block=self.unet_layers_per_block,
             attention_levels=tuple(self.attention_levels), vq_mid_attention=self.vq_mid_attention,
             unet_mid_attention=self.unet_mid_attention, norm_num_groups=self.norm_num_groups,
+            latent_target=self.target,
             scheduler={**LDMSRArchitecture().scheduler, "prediction_type": self.prediction_type},
         )
+
+
+    @property
+    def target(self) -> LatentTarget:
+        return LatentTarget(kind=self.latent_target,
+                            residual_scale=self.residual_scale if self.latent_target == "residual" else 1.0)
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -235,11 +250,11 @@ PREDICTION_OBJECTIVES = {
 
 ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
                "unet_channels", "unet_layers_per_block", "attention_levels", "vq_mid_attention",
-               "unet_mid_attention", "norm_num_groups")
+               "unet_mid_attention", "norm_num_groups", "latent_target", "residual_scale")
 # The fields a copied stage fixes (--init-from): the VQ's (norm_num_groups is shared by both
 # networks) and, when the UNet is copied too, the UNet's and its target.
 VQ_ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
-                  "vq_mid_attention", "norm_num_groups")
+                  "vq_mid_attention", "norm_num_groups", "latent_target", "residual_scale")
 UNET_ARCH_FIELDS = ("unet_channels", "unet_layers_per_block", "attention_levels",
                     "unet_mid_attention", "norm_num_groups", "prediction_type")
 # Settings of one invocation, not of the run: a resume that leaves them out gets the CLI default.
@@ -279,6 +294,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--unet-mid-attention", action="store_true",
                    help="keep the UNet's mid-block self-attention")
     g.add_argument("--norm-num-groups", type=int, default=d.norm_num_groups)
+    g.add_argument("--latent-target", default=d.latent_target, choices=LATENT_TARGET_KINDS,
+                   help="what the VQ autoencodes: the HR image (CompVis format) or the residual over "
+                        "bicubic(LR), s * (HR - up(LR)) (LR-anchored; orl_gym.models.LatentTarget)")
+    g.add_argument("--residual-scale", type=float, default=d.residual_scale,
+                   help="s of the residual target (unused for images)")
     g = p.add_argument_group("stage 1: VQ autoencoder")
     g.add_argument("--vq-steps", type=int, default=d.vq_steps, help="total optimizer steps")
     g.add_argument("--vq-minutes", type=float, default=d.vq_minutes,
@@ -412,6 +432,16 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B,) PSNR in dB of images in [0, 1]."""
     mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
     return -10 * torch.log10(mse)
+
+
+def reconstructed_image(target: LatentTarget, rec: torch.Tensor, hr: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The HR image a reconstruction ``rec`` of the VQ input ``x`` stands for, in [0, 1]. For the
+    residual target the anchor is recovered from the batch itself (``hr - x / s``: the
+    augmented crops' own bicubic upsampling), so no LR image has to travel with the batch."""
+    if not target.is_residual:
+        return target.image(rec, None)
+    anchor = hr.to(rec.device) - x.to(rec.device) / target.residual_scale
+    return (anchor + rec / target.residual_scale).clamp(0.0, 1.0)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -616,8 +646,12 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
         f"{objective_description(unet_ckpt) if unet_ckpt else ''}, "
         "t uniform in [0, 1000), DDPMScheduler.add_noise, scaled_linear "
         "0.0015..0.0155 (the reference schedule), on pre-quantization latents of the frozen VQ")
-    row("input", f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops, flips / 90-degree "
-        "rotations, batch " + str(vq_cfg["vq_batch_size"]),
+    vq_target = vq_cfg.get("latent_target", "image")
+    vq_input = ("the residuals HR - bicubic(LR) of random "
+                f"{vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} crops, x {vq_cfg.get('residual_scale', 5.0):g}"
+                if vq_target == "residual" else
+                f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops")
+    row("input", f"{vq_input}, flips / 90-degree rotations, batch " + str(vq_cfg["vq_batch_size"]),
         (f"aligned random crops of whole-image latents + LR: {unet_cfg['unet_crop'] // 4}x"
          f"{unet_cfg['unet_crop'] // 4} latent ({unet_cfg['unet_crop']}x{unet_cfg['unet_crop']} HR), batch "
          f"{unet_cfg['unet_batch_size']}") if unet_cfg else "")
@@ -636,7 +670,8 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     val_crop = vq_cfg.get("val_crop", cfg.val_crop)
     unet_weights = "EMA weights" if unet_ckpt and unet_ckpt.get("ema") is not None else "raw weights, no EMA"
     row("validation at the end",
-        f"{vq_val:.2f} dB PSNR ({vq_cfg.get('val_images', cfg.val_images)} center {val_crop}x{val_crop} crops)"
+        f"{vq_val:.2f} dB PSNR ({vq_cfg.get('val_images', cfg.val_images)} center {val_crop}x{val_crop} crops"
+        f"{', bicubic + reconstructed residual' if vq_target == 'residual' else ''})"
         if vq_val else "n/a",
         f"{VAL_NAMES[unet_prediction_type(unet_ckpt)]} {unet_val:.4f} ({unet_weights}, fixed crops / t / "
         "noise)" if unet_val else "n/a")
@@ -678,6 +713,57 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     ])
 
 
+def card_format_section(target: LatentTarget) -> list[str]:
+    """The card's paragraph on the checkpoint's format and how to load it."""
+    if not target.is_residual:
+        return [
+            "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
+            "aerial imagery. Same format as `CompVis/ldm-super-resolution-4x-openimages` "
+            "(diffusers `LDMSuperResolutionPipeline`: VQModel f = 4 with 3 latent channels, "
+            "UNet2DModel on concat(latent, LR) with 6 input channels, DDIM scheduler), so the same "
+            "code runs both. Weights are stored in float16 to keep the package small; both loaders "
+            "give float32 modules on the CPU:",
+            "",
+            "```python",
+            "from orl_gym.models import bundled_model_path, load_ldmsr",
+            "model = load_ldmsr(\"bundled\")  # float32",
+            "from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (",
+            "    LDMSuperResolutionPipeline)",
+            "pipe = LDMSuperResolutionPipeline.from_pretrained(bundled_model_path(), dtype=torch.float32)",
+            "# lr: (B, 3, h, w) in [0, 1]; the pipeline takes tensors in [-1, 1]",
+            "sr = pipe(lr * 2 - 1, num_inference_steps=100, eta=0.0, output_type=\"pt\").images",
+            "```",
+            "",
+        ]
+    return [
+        "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
+        "aerial imagery. An LR-anchored (residual) latent-diffusion model: the components are "
+        "diffusers' (VQModel f = 4 with 3 latent channels, UNet2DModel on concat(latent, LR) with 6 "
+        "input channels, DDIM scheduler) in the folder layout of "
+        "`CompVis/ldm-super-resolution-4x-openimages`, but the VQ autoencodes the residual over "
+        f"the bicubic upsampling of the LR input, scaled by s = {target.residual_scale:g}: "
+        "z_0 = E(s (HR - bicubic(LR))), and an image is bicubic(LR) + D(z_0) / s "
+        "(`latent_target.json`; `orl_gym.models.LatentTarget`). A zero residual is exactly bicubic. "
+        "`LDMSuperResolutionPipeline` would show the residual as the image, so it cannot run this "
+        "model; orl_gym's sampler and env do. Weights are stored in float16 to keep the package "
+        "small; the loader gives float32 modules on the CPU:",
+        "",
+        "```python",
+        "import torch",
+        "from orl_gym import sampler",
+        "from orl_gym.models import load_ldmsr",
+        "model = load_ldmsr(\"bundled\")  # float32",
+        "schedule = sampler.Schedule.from_model(model, 20)",
+        "# lr: (B, 3, h, w) in [0, 1]",
+        "state = sampler.init_state(model, schedule, lr, sampler.make_generators(range(len(lr))))",
+        "while not bool(state.done(schedule).all()):",
+        "    state = sampler.step(model, schedule, state, sampler.StepParams()).state",
+        "sr = sampler.decode(model, state)  # bicubic(LR) + residual, (B, 3, 4h, 4w)",
+        "```",
+        "",
+    ]
+
+
 def training_hours(*ckpts: dict | None) -> str:
     """The stages' summed training wall time (checkpoint ``seconds``), in words for the card."""
     hours = sum(c.get("seconds", 0.0) for c in ckpts if c) / 3600
@@ -696,23 +782,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
     return "\n".join([
         "# ldm-sr-tiny-x4: a tiny latent-diffusion x4 super-resolution model for aerial images",
         "",
-        "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
-        "aerial imagery. Same format as `CompVis/ldm-super-resolution-4x-openimages` "
-        "(diffusers `LDMSuperResolutionPipeline`: VQModel f = 4 with 3 latent channels, "
-        "UNet2DModel on concat(latent, LR) with 6 input channels, DDIM scheduler), so the same "
-        "code runs both. Weights are stored in float16 to keep the package small; both loaders "
-        "give float32 modules on the CPU:",
-        "",
-        "```python",
-        "from orl_gym.models import bundled_model_path, load_ldmsr",
-        "model = load_ldmsr(\"bundled\")  # float32",
-        "from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (",
-        "    LDMSuperResolutionPipeline)",
-        "pipe = LDMSuperResolutionPipeline.from_pretrained(bundled_model_path(), dtype=torch.float32)",
-        "# lr: (B, 3, h, w) in [0, 1]; the pipeline takes tensors in [-1, 1]",
-        "sr = pipe(lr * 2 - 1, num_inference_steps=100, eta=0.0, output_type=\"pt\").images",
-        "```",
-        "",
+        *card_format_section(cfg.target),
         architecture_sentence(vq_ckpt["model"], unet_ckpt["model"] if unet_ckpt else None)
         + "the LR side must be a multiple of 4 (the UNet's three levels), i.e. HR a multiple of 16.",
         "",
@@ -846,27 +916,40 @@ def require_every_dataset(ds: PairDataset, option: str) -> PairDataset:
     return ds
 
 
-def vq_validation_batch(cfg: TrainConfig) -> torch.Tensor:
-    """Fixed validation images: center crops (128 px: AID's 150 px allows it) in [0, 1]."""
+def vq_validation_batch(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed validation images (HR, LR): center crops (128 px: AID's 150 px allows it) in [0, 1]."""
     ds = PairDataset(DataConfig(source=cfg.data, split="validation", hr_size=cfg.val_crop, scale=4,
                                 crop="center", seed=cfg.seed), device="cpu")
     count = min(cfg.val_images, len(ds))
     # Spread over the dataset (both sources) rather than the first class.
     indices = torch.linspace(0, len(ds) - 1, count).round().long()
-    return ds.pairs(indices).hr
+    pairs = ds.pairs(indices)
+    return pairs.hr, pairs.lr
 
 
 @torch.no_grad()
-def vq_validate(vqvae: torch.nn.Module, hr: torch.Tensor, device: str) -> float:
-    """Mean reconstruction PSNR (dB) through encode + decode (which quantizes)."""
+def vq_validate(vqvae: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str,
+                target: LatentTarget) -> float:
+    """Mean PSNR (dB) of the reconstructed HR images through encode + decode (which quantizes);
+    for the residual target, of bicubic(LR) + the reconstructed residual."""
     vqvae.eval()
     scores = []
-    for chunk in hr.split(8):
-        x = chunk.to(device) * 2 - 1
-        rec = vqvae.decode(vqvae.encode(x).latents).sample.clamp(-1, 1)
-        scores.append(psnr((rec + 1) / 2, chunk.to(device)))
+    for hr, lr in zip(*(part.split(8) for part in batch), strict=True):
+        hr, lr = hr.to(device), lr.to(device)
+        rec = vqvae.decode(vqvae.encode(target.vq_input(hr, lr)).latents).sample
+        scores.append(psnr(target.image(rec, lr), hr))
     vqvae.train()
     return float(torch.cat(scores).mean())
+
+
+def training_batch(ds: PairDataset, batch_size: int, generator: torch.Generator,
+                   target: LatentTarget) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random augmented crops: (HR in [0, 1], the VQ's input for them). The VQ input is made from
+    the crop's own LR image before the flips / rotations, which are applied to both alike."""
+    pairs = ds.sample(batch_size, generator=generator)
+    x = target.vq_input(pairs.hr, pairs.lr)
+    both = augment(torch.cat([pairs.hr, x], dim=1), generator)
+    return both[:, :3], both[:, 3:]
 
 
 def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> None:
@@ -905,8 +988,11 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     train_ds = require_every_dataset(PairDataset(DataConfig(
         source=cfg.data, split="train", hr_size=cfg.vq_crop, scale=4, crop="random", seed=cfg.seed),
         device="cpu"), "--vq-crop").preload()
-    val_hr = vq_validation_batch(cfg)
-    print(f"vq: {train_ds}; validation {tuple(val_hr.shape)}", file=sys.stderr)
+    val_batch = vq_validation_batch(cfg)
+    target = cfg.target
+    bicubic = float(psnr(LatentTarget.anchor(val_batch[1], val_batch[0].shape[-2:]), val_batch[0]).mean())
+    print(f"vq: {train_ds}; validation {tuple(val_batch[0].shape)} (bicubic {bicubic:.2f} dB); target "
+          f"{target}", file=sys.stderr)
     # Started after the preload: loading the data is not training time.
     clock = StageClock(cfg.vq_steps, cfg.vq_minutes, seconds)
 
@@ -920,7 +1006,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     if not has_codebook:
         # Seed the codebook with encoder outputs of real crops: a random codebook is mostly dead.
         with torch.no_grad():
-            x = train_ds.sample(cfg.vq_batch_size, generator=generator).hr.to(cfg.device) * 2 - 1
+            x = training_batch(train_ds, cfg.vq_batch_size, generator, target)[1].to(cfg.device)
             z = vqvae.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, cfg.latent_channels)
             pick = torch.randint(0, z.shape[0], (cfg.codebook_size,), generator=generator)
             jitter = torch.randn(codebook.shape, generator=generator).to(codebook.device)
@@ -934,8 +1020,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
                    min_ratio=cfg.vq_min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        hr = augment(train_ds.sample(cfg.vq_batch_size, generator=generator).hr, generator)
-        x = hr.to(cfg.device) * 2 - 1
+        hr, x = training_batch(train_ds, cfg.vq_batch_size, generator, target)
+        x = x.to(cfg.device)
         z = vqvae.encode(x).latents
         z_q, codes, indices = quantize(vqvae, z)
         rec = vqvae.decode(z_q, force_not_quantize=True).sample
@@ -968,7 +1054,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
             writer.add_scalar("vq/restarted_codes", n_dead, step)
 
         with torch.no_grad():
-            train_psnr = float(psnr((rec.clamp(-1, 1) + 1) / 2, hr.to(cfg.device)).mean())
+            train_psnr = float(psnr(reconstructed_image(target, rec, hr, x), hr.to(cfg.device)).mean())
         loss, l1, mse, commit = (v.detach() for v in (loss, l1, mse, commit))
         entry = {"step": step, "loss": float(loss), "l1": float(l1), "mse": float(mse),
                  "commit": float(commit), "psnr": train_psnr, "lr": lr,
@@ -978,7 +1064,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
             writer.add_scalar(f"vq/{key}", entry[key], step)
         finished = clock.done(step)
         if step % cfg.val_every == 0 or finished:
-            val = vq_validate(vqvae, val_hr, cfg.device)
+            val = vq_validate(vqvae, val_batch, cfg.device, target)
             best_val = val if best_val is None else max(best_val, val)
             history.append({"step": step, "val": val, "val_name": "validation PSNR (dB)"})
             writer.add_scalar("vq/val_psnr", val, step)
@@ -1050,7 +1136,7 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
                                   betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     step, history, seconds = 0, [], 0.0
-    val_hr = vq_validation_batch(cfg)
+    val_batch, target = vq_validation_batch(cfg), cfg.target
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         load_decoder_weights(vqvae, vq_ckpt, ckpt, key="model")
@@ -1060,7 +1146,7 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
         generator.set_state(ckpt["generator"])
         print(f"decoder: resumed at step {step} from {ckpt_path}", file=sys.stderr)
     else:  # the stage-1 decoder is the first candidate for the best weights
-        best_val, best = vq_validate(vqvae, val_hr, cfg.device), decoder_state(vqvae)
+        best_val, best = vq_validate(vqvae, val_batch, cfg.device, target), decoder_state(vqvae)
         history.append({"step": 0, "val": best_val, "val_name": "validation PSNR (dB)"})
         print(f"decoder: stage-1 decoder validation PSNR {best_val:.2f} dB", file=sys.stderr)
     if StageClock(cfg.decoder_steps, cfg.decoder_minutes, seconds).done(step):
@@ -1086,8 +1172,8 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
                    progress=clock.progress(step), min_ratio=cfg.decoder_min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        hr = augment(train_ds.sample(cfg.decoder_batch_size, generator=generator).hr, generator)
-        x = hr.to(cfg.device) * 2 - 1
+        hr, x = training_batch(train_ds, cfg.decoder_batch_size, generator, target)
+        x = x.to(cfg.device)
         with torch.no_grad():
             z = vqvae.encode(x).latents
         rec = vqvae.decode(z).sample  # quantizes, as at inference
@@ -1101,13 +1187,13 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -
         optimizer.step()
         step += 1
         with torch.no_grad():
-            train_psnr = float(psnr((rec.clamp(-1, 1) + 1) / 2, hr.to(cfg.device)).mean())
+            train_psnr = float(psnr(reconstructed_image(target, rec, hr, x), hr.to(cfg.device)).mean())
         history.append({"step": step, "loss": float(loss.detach()), "psnr": train_psnr, "lr": lr})
         writer.add_scalar("decoder/loss", float(loss.detach()), step)
         writer.add_scalar("decoder/psnr", train_psnr, step)
         finished = clock.done(step)
         if step % cfg.val_every == 0 or finished:
-            val = vq_validate(vqvae, val_hr, cfg.device)
+            val = vq_validate(vqvae, val_batch, cfg.device, target)
             if val > best_val:
                 best_val, best = val, decoder_state(vqvae)
             history.append({"step": step, "val": val, "val_name": "validation PSNR (dB)"})
@@ -1148,7 +1234,7 @@ def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
     for group in groups:
         for chunk in group.split(16):
             batch = ds.pairs(chunk)
-            z = vqvae.encode(batch.hr.to(cfg.device) * 2 - 1).latents.float().cpu()
+            z = vqvae.encode(cfg.target.vq_input(batch.hr, batch.lr).to(cfg.device)).latents.float().cpu()
             latents.extend(z.unbind(0))
             lrs.extend((batch.lr * 255).round().to(torch.uint8).unbind(0))
             bar.update(len(chunk))
@@ -1522,6 +1608,9 @@ def diffusers_architecture(model: LDMSR, source: Path) -> dict:
         "unet_mid_attention": any(k.startswith("mid_block.attentions.") for k in unet_state),
         "norm_num_groups": vq.norm_num_groups,
         "prediction_type": model.scheduler.config.prediction_type,
+        "latent_target": model.latent_target.kind,
+        "residual_scale": (model.latent_target.residual_scale if model.latent_target.is_residual
+                           else TrainConfig.residual_scale),
     }
     if fields["prediction_type"] not in PREDICTION_TYPES:
         raise SystemExit(f"--init-from: {source} predicts {fields['prediction_type']!r}; train_ldm.py "
@@ -1623,7 +1712,8 @@ def resolve_config(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
             print(f"resume: settings of the run in {cfg.out} kept (not the defaults): "
                   f"{', '.join(restored)}", file=sys.stderr)
         for name in ARCH_FIELDS:
-            value = saved[name]
+            # Runs from before a field existed were built with its default (latent_target: image).
+            value = saved.get(name, getattr(TrainConfig, name))
             value = tuple(value) if isinstance(value, list) else value
             if name in explicit and getattr(cfg, name) != value:
                 raise SystemExit(f"--{name.replace('_', '-')}: the run in {cfg.out} was built with "

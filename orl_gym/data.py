@@ -123,6 +123,7 @@ __all__ = [
     "assign_split",
     "degrade",
     "downsample_bicubic",
+    "upsample_bicubic",
     "paper_category",
     "resolve_source",
 ]
@@ -434,6 +435,13 @@ def downsample_bicubic(images: torch.Tensor, size: Sequence[int]) -> torch.Tenso
     return F.interpolate(
         images, size=tuple(size), mode="bicubic", antialias=True, align_corners=False
     )
+
+
+def upsample_bicubic(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bicubic upsampling of ``(B, C, h, w)`` images to ``size``, clamped to [0, 1]: the one
+    definition of "bicubic super-resolution" in the package (the reward's baseline, and the
+    anchor of residual-format models, which therefore decode a zero residual to exactly it)."""
+    return F.interpolate(images, size=tuple(size), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
 
 
 def degrade(

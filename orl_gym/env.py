@@ -441,7 +441,7 @@ def output_images(params: EnvParams, latents: torch.Tensor, lr: torch.Tensor) ->
 
     Always float32: under a float16 / bfloat16 model the decode runs in the model's precision, but
     the fix and the reward's metrics (bicubic downsampling, sums of squares) do not."""
-    decoded = sampler.decode(params.model, latents).float()
+    decoded = sampler.decode(params.model, latents, lr).float()
     return postprocess.apply_output_fix(params.config.output_fix, decoded, lr)
 
 

@@ -10,6 +10,28 @@ An LDM-SR checkpoint is the folder layout of ``CompVis/ldm-super-resolution-4x-o
 The UNet works at the LR resolution (latent side = LR side), the VQ decoder upsamples by f, so
 the super-resolution scale is f (4 for the reference model and for our bundled one).
 
+Two latent targets (``LatentTarget``, stored as ``latent_target.json`` at the folder's root;
+absent means ``image``):
+
+* ``image``: the CompVis format. The VQ autoencodes the HR image, ``x = D(z_0)``; the reference
+  model and ``LDMSuperResolutionPipeline`` work this way.
+* ``residual``: LR-anchored. The VQ autoencodes the residual over the bicubic upsampling of the LR
+  input, scaled: ``z_0 = E(s * (HR - up(LR)))`` and ``x = clip(up(LR) + D(z_0) / s, 0, 1)``, where
+  ``up`` is :func:`orl_gym.data.upsample_bicubic`, the reward's bicubic baseline itself. The chain,
+  the UNet and the sampler are unchanged (same DDIM over z, same conditioning on LR); only what z
+  means changes. Why this design (issue 24, in the spirit of residual SR3 / ResShift, Yue et al.
+  2023): (1) the low frequencies that the LR image fixes are not generated, so an image can no
+  longer drift in colour or brightness the way the image-format model does (its colour cast on
+  Desert); (2) bicubic is built in: a zero residual decodes to exactly the baseline, and the
+  x0 estimate at high noise, E[residual | LR], is already a regression estimate over it, so even a
+  one-step sample lands at or above bicubic; (3) the VQ compresses a signal of about a fifth of
+  the image's standard deviation, so its reconstruction ceiling is far above bicubic rather than
+  at 26 dB; (4) the env's actions (stride, eta, noise scale, LR guidance) keep their meaning.
+  ResShift's alternative, a chain that starts at the encoded bicubic image plus noise and shifts the
+  residual in over fewer steps, would need its own noise schedule and sampler; here the anchor is
+  zero in residual space, which a standard schedule's z_T already centres on. The pipeline cannot
+  run such a model (it would show the residual as the image): ``to_pipeline`` refuses it.
+
 ``load_ldmsr`` reads such a folder, a hub id, or the bundled default (``"bundled"``); the same
 code path serves all three. ``LDMSRArchitecture`` builds a randomly initialised model of a given
 size: the tests use tiny ones, ``experiments/train_ldm.py`` trains the bundled one.
@@ -17,6 +39,8 @@ size: the tests use tiny ones, ``experiments/train_ldm.py`` trains the bundled o
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -30,6 +54,7 @@ __all__ = [
     "BUNDLED_MODEL_NAME",
     "LDMSR",
     "LDMSRArchitecture",
+    "LatentTarget",
     "ModelLoadError",
     "bundled_model_path",
     "checkpoint_digest",
@@ -103,6 +128,81 @@ TRAINING_SCHEDULER_KEYS = frozenset({
 })
 
 
+LATENT_TARGET_FILE = "latent_target.json"
+LATENT_TARGET_KINDS = ("image", "residual")
+
+
+@dataclass(frozen=True)
+class LatentTarget:
+    """What the VQ autoencodes, so what the latent z means (see the module docstring).
+
+    kind: ``"image"`` (CompVis: ``x = D(z)``) or ``"residual"`` (``x = up(LR) + D(z) / scale``).
+    residual_scale: ``s`` of the residual format, chosen so that ``s * (HR - up(LR))`` has about
+        the standard deviation of an image in [-1, 1] (the training set's residual std is ~0.08,
+        ``s = 5``); 1.0 and unused for images.
+    """
+
+    kind: str = "image"
+    residual_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in LATENT_TARGET_KINDS:
+            raise ValueError(f"latent target: unknown kind {self.kind!r}; use one of {', '.join(LATENT_TARGET_KINDS)}")
+        scale = self.residual_scale
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"latent target: residual_scale must be a finite number > 0, got {scale!r}")
+
+    @property
+    def is_residual(self) -> bool:
+        return self.kind == "residual"
+
+    def vq_input(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """What the VQ encodes for HR images in [0, 1] and their LR inputs: ``2 HR - 1``, or the
+        scaled residual ``s * (HR - up(LR))``."""
+        if not self.is_residual:
+            return hr * 2.0 - 1.0
+        return (hr - self.anchor(lr, hr.shape[-2:])) * self.residual_scale
+
+    def image(self, decoded: torch.Tensor, lr: torch.Tensor | None, *, clamp: bool = True) -> torch.Tensor:
+        """Images in [0, 1] from the decoder's output (``vqvae.decode(z).sample``) and the LR
+        inputs (needed by the residual format only). ``clamp=False`` keeps the values unclipped,
+        for gradients (LR guidance)."""
+        if not self.is_residual:
+            return (decoded.clamp(-1.0, 1.0) + 1.0) / 2.0 if clamp else (decoded + 1.0) / 2.0
+        if lr is None:
+            raise ValueError("a residual-format model decodes to bicubic(LR) + residual: pass the LR images")
+        if lr.shape[0] != decoded.shape[0]:
+            raise ValueError(f"lr: {lr.shape[0]} images for {decoded.shape[0]} latents; pass one LR image per latent")
+        image = self.anchor(lr.to(decoded.dtype), decoded.shape[-2:]) + decoded / self.residual_scale
+        return image.clamp(0.0, 1.0) if clamp else image
+
+    @staticmethod
+    def anchor(lr: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """The bicubic upsampling the residual is taken over (the reward's baseline)."""
+        from orl_gym.data import upsample_bicubic
+
+        return upsample_bicubic(lr, size)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "residual_scale": float(self.residual_scale)}, indent=2) + "\n"
+
+    @classmethod
+    def read(cls, folder: Path) -> LatentTarget:
+        """The folder's ``latent_target.json``; the image format when there is none (CompVis)."""
+        path = folder / LATENT_TARGET_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+            unknown = set(data) - {"kind", "residual_scale"}
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)}")
+            return cls(**data)
+        except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+            raise ModelLoadError(f"model: {path} is not a valid latent target ({err}); expected "
+                                 '{"kind": "image" | "residual", "residual_scale": 5.0}') from err
+
+
 @dataclass(eq=False)  # identity semantics (hashable): caches key on the loaded model object
 class LDMSR:
     """A frozen LDM-SR model: VQ autoencoder, conditional UNet and DDIM scheduler, on one device."""
@@ -111,6 +211,7 @@ class LDMSR:
     unet: UNet2DModel
     scheduler: DDIMScheduler
     source: str = "<in memory>"
+    latent_target: LatentTarget = field(default_factory=LatentTarget)
 
     def __post_init__(self) -> None:
         placement = {name: _placement(module) for name, module in (("vqvae", self.vqvae), ("unet", self.unet))}
@@ -203,11 +304,24 @@ class LDMSR:
             LDMSuperResolutionPipeline,
         )
 
+        if self.latent_target.is_residual:
+            raise ValueError(f"{self.source}: a residual-format model (x = bicubic(LR) + D(z) / s) cannot run as "
+                             "LDMSuperResolutionPipeline, which would show the residual as the image; use "
+                             "orl_gym.sampler (or the env) instead")
         return LDMSuperResolutionPipeline(vqvae=self.vqvae, unet=self.unet, scheduler=self.scheduler)
 
     def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True) -> None:
-        """Write the diffusers pipeline layout (model_index.json + vqvae/ unet/ scheduler/)."""
-        self.to_pipeline().save_pretrained(str(path), safe_serialization=safe_serialization)
+        """Write the diffusers pipeline layout (model_index.json + vqvae/ unet/ scheduler/), and
+        ``latent_target.json`` for a residual-format model."""
+        from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
+            LDMSuperResolutionPipeline,
+        )
+
+        # The same layout for both formats (a residual model refuses to_pipeline, not saving).
+        pipeline = LDMSuperResolutionPipeline(vqvae=self.vqvae, unet=self.unet, scheduler=self.scheduler)
+        pipeline.save_pretrained(str(path), safe_serialization=safe_serialization)
+        if self.latent_target.is_residual:
+            (Path(path) / LATENT_TARGET_FILE).write_text(self.latent_target.to_json())
 
 
 def _placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -330,7 +444,10 @@ def load_ldmsr(
             raise ModelLoadError(f"model: {location}: {component}/config.json does not match its weights "
                                  f"(a config edited, or from another checkpoint): {detail}") from err
         raise ModelLoadError(f"model: could not load {component} of {location}: {detail}") from err
-    return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source=location).to(device, torch_dtype)
+    # A hub id is a CompVis-format model unless its folder says otherwise (read where it is local).
+    latent_target = LatentTarget.read(local) if local.exists() else LatentTarget()
+    return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source=location,
+                 latent_target=latent_target).to(device, torch_dtype)
 
 
 @dataclass(frozen=True)
@@ -340,7 +457,8 @@ class LDMSRArchitecture:
     The VQ decoder upsamples by 2 ** (len(vq_channels) - 1); with three levels that is x4.
     ``vq_mid_attention`` / ``unet_mid_attention``: the self-attention layer of each network's
     mid-block (diffusers' ``mid_block_add_attention`` / ``add_attention``, on by default as in
-    diffusers); off makes the network fully convolutional.
+    diffusers); off makes the network fully convolutional. ``latent_target``: what the VQ
+    autoencodes (the CompVis image, or the LR-anchored residual).
     """
 
     latent_channels: int = 3
@@ -354,6 +472,7 @@ class LDMSRArchitecture:
     unet_mid_attention: bool = True
     norm_num_groups: int = 8
     num_train_timesteps: int = 1000
+    latent_target: LatentTarget = field(default_factory=LatentTarget)
     scheduler: dict = field(default_factory=lambda: {
         # The reference model's schedule (CompVis/ldm-super-resolution-4x-openimages).
         "beta_schedule": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155,
@@ -386,7 +505,8 @@ class LDMSRArchitecture:
                 norm_num_groups=self.norm_num_groups, add_attention=self.unet_mid_attention,
             )
         scheduler = DDIMScheduler(num_train_timesteps=self.num_train_timesteps, **self.scheduler)
-        return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source="<random init>").to(device)
+        return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source="<random init>",
+                     latent_target=self.latent_target).to(device)
 
     @classmethod
     def tiny(cls) -> LDMSRArchitecture:

@@ -85,7 +85,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from orl_gym.data import downsample_bicubic
+from orl_gym.data import downsample_bicubic, upsample_bicubic
 from orl_gym.lpips_weights import (
     FETCH_COMMAND,
     LPIPSWeightsNotFoundError,
@@ -248,9 +248,9 @@ def bicubic_downsample(images: Tensor, scale: int) -> Tensor:
 
 
 def bicubic_upsample(images: Tensor, size: Sequence[int]) -> Tensor:
-    """Bicubic upsampling to ``size`` (the reward's baseline SR), clamped to [0, 1]."""
-    out = F.interpolate(images, size=tuple(size), mode="bicubic", align_corners=False)
-    return out.clamp(0.0, 1.0)
+    """Bicubic upsampling to ``size`` (the reward's baseline SR), clamped to [0, 1]
+    (:func:`orl_gym.data.upsample_bicubic`, also the residual models' anchor)."""
+    return upsample_bicubic(images, size)
 
 
 # --- metrics ------------------------------------------------------------------------------------

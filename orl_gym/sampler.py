@@ -317,10 +317,17 @@ def vq_decode(model: LDMSR, latents: torch.Tensor) -> torch.Tensor:
     return vqvae.decode(z_q.permute(0, 3, 1, 2).contiguous(), force_not_quantize=True).sample
 
 
-def decode(model: LDMSR, latents_or_state: torch.Tensor | SamplerState) -> torch.Tensor:
-    """VQ-decode latents (or a state's current latents) to images in [0, 1], (B, 3, H, W)."""
-    latents = latents_or_state.latents if isinstance(latents_or_state, SamplerState) else latents_or_state
-    return (vq_decode(model, latents).clamp(-1.0, 1.0) + 1.0) / 2.0
+def decode(model: LDMSR, latents_or_state: torch.Tensor | SamplerState,
+           lr: torch.Tensor | None = None) -> torch.Tensor:
+    """VQ-decode latents (or a state's current latents) to images in [0, 1], (B, 3, H, W).
+
+    A residual-format model (``model.latent_target``) adds the bicubic upsampling of the LR
+    inputs: ``lr`` (B, 3, h, w) in [0, 1], taken from the state when a state is given."""
+    if isinstance(latents_or_state, SamplerState):
+        latents, lr = latents_or_state.latents, latents_or_state.lr if lr is None else lr
+    else:
+        latents = latents_or_state
+    return model.latent_target.image(vq_decode(model, latents), lr)
 
 
 def lr_consistency_error(images: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
@@ -338,7 +345,8 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
 
     With E(x) = 1/2 || down(D(x)) - LR ||^2 per sample and g its gradient, the step
     x <- x - strength * E(x) / ||g||^2 * g would cancel E at strength 1 if E were linear in x (the
-    Polyak step size for a zero-minimum objective): ``strength`` sets the step as a fraction of
+    Polyak step size for a zero-minimum objective; D is the decode to images, which for a
+    residual-format model includes the bicubic anchor): ``strength`` sets the step as a fraction of
     that first-order estimate, independent of the decoder's gain. E is quadratic, not linear, so
     small strengths remove about that fraction of the error, and large ones can overshoot and
     raise E (when much of the residual lies outside what the decoder can change, ||g|| is small
@@ -357,7 +365,8 @@ def guide_x0(model: LDMSR, x0: torch.Tensor, lr: torch.Tensor, strength: torch.T
     for x0_part, lr_part in zip(x0.split(chunk), lr.split(chunk), strict=True):
         with torch.enable_grad():
             x = x0_part.detach().float().requires_grad_(True)
-            images = (vq_decode(model, x.to(model.dtype)).float() + 1.0) / 2.0
+            images = model.latent_target.image(vq_decode(model, x.to(model.dtype)).float(), lr_part.float(),
+                                               clamp=False)
             down = downsample_bicubic(images, lr_part.shape[-2:])
             residual = down - lr_part.float()
             energy = 0.5 * residual.pow(2).flatten(1).sum(dim=1)

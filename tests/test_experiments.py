@@ -246,6 +246,12 @@ def test_eval_base_model_card_from_saved_scores_states_intervals(tmp_path, monke
             "(95% CI [-0.74, +1.74]); LPIPS -0.2000 vs bicubic (95% CI [-0.2000, -0.2000])") in fixes
     assert "| LDM, DDIM 50 steps, eta 1 + LR back-projection | 26.50 |" in text
     assert json.loads(saved.read_text()) == json.loads(json.dumps(results))  # the scores are not rewritten
+    # A residual-format model is held to issue 24's targets: 0.5 dB above bicubic, LPIPS 0.15 below.
+    saved.write_text(json.dumps({**results, "setup": {**results["setup"], "latent_target": "residual"}}))
+    assert module.main(["--from-results", str(saved), "--card", str(card)]) == 0
+    text = card.read_text()
+    assert "PSNR -1.50 dB vs bicubic (95% CI [-2.74, -0.26]) (target >= +0.5): **not met**" in text
+    assert "(target: at least 0.15 lower): **met**" in text  # 0.6 - 0.45: exactly the margin counts
 
 
 def test_compare_base_models_pairs_the_same_images(preset, data_root, tmp_path):

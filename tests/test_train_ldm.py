@@ -93,6 +93,33 @@ def test_train_resume_export_and_load(train_ldm, synthetic_data, tmp_path):
         train_ldm.main([*_args(out, synthetic_data, 5, 6), "--vq-channels", "8,8,16"])
 
 
+def test_residual_target_trains_exports_and_resumes_as_residual(train_ldm, synthetic_data, tmp_path):
+    from orl_gym.models import LatentTarget
+
+    out = tmp_path / "run"
+    args = _args(out, synthetic_data, 3, 2, "--latent-target", "residual", "--residual-scale", "4",
+                 "--stages", "vq,decoder,unet", "--decoder-steps", "2", "--decoder-crop", "32")
+    assert train_ldm.main(args) == 0
+    model = load_ldmsr(out / "export")
+    assert model.latent_target == LatentTarget(kind="residual", residual_scale=4.0)
+    card = (out / "export" / "README.md").read_text()
+    assert "LR-anchored (residual)" in card and "s = 4" in card and "residuals HR - bicubic(LR)" in card
+    # The cached UNet latents are the VQ's encodings of the scaled residuals, not of the images.
+    from orl_gym.data import DataConfig, PairDataset
+
+    cache = torch.load(out / "unet" / "latents.pt", weights_only=False)
+    ds = PairDataset(DataConfig(source=str(synthetic_data), split="train", hr_size=32, scale=4, crop="full"))
+    pair = ds.pairs(torch.tensor([0]))
+    with torch.no_grad():
+        expected = model.vqvae.encode(model.latent_target.vq_input(pair.hr, pair.lr)).latents
+    torch.testing.assert_close(cache["train"][0][0], expected[0], atol=5e-3, rtol=0)  # fp16 export
+    # A resume keeps the target; another one on the command line is refused.
+    assert train_ldm.main(_args(out, synthetic_data, 3, 3, "--stages", "unet", "--no-export")) == 0
+    assert json.loads((out / "run_config.json").read_text())["config"]["latent_target"] == "residual"
+    with pytest.raises(SystemExit, match="latent-target"):
+        train_ldm.main(_args(out, synthetic_data, 3, 3, "--latent-target", "image"))
+
+
 def test_stop_checkpoints_and_exits_without_export(train_ldm, synthetic_data, tmp_path, capsys):
     out = tmp_path / "run"
     # --max-minutes already past: the VQ stops before its first step, checkpoints, no export.

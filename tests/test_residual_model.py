@@ -1,0 +1,157 @@
+"""The LR-anchored (residual) latent target: x = bicubic(LR) + D(z) / s.
+
+Tiny seeded random models (no downloads); the env cases use the session's small image folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import orl_gym
+from orl_gym import sampler
+from orl_gym.actions import encode_params
+from orl_gym.data import upsample_bicubic
+from orl_gym.models import LatentTarget, LDMSRArchitecture, ModelLoadError, load_ldmsr
+from orl_gym.rewards import bicubic_upsample
+from orl_gym.sampler import Schedule, StepParams
+
+LR_SIZE = 8
+RESIDUAL = LatentTarget(kind="residual", residual_scale=5.0)
+
+
+def _residual_model(seed: int = 0):
+    return LDMSRArchitecture(**{**LDMSRArchitecture.tiny().__dict__, "latent_target": RESIDUAL}).build(seed=seed)
+
+
+def _zero_decoder(model):
+    """The same model whose decoder outputs 0 everywhere (its last convolution zeroed)."""
+    conv = model.vqvae.decoder.conv_out
+    torch.nn.init.zeros_(conv.weight)
+    torch.nn.init.zeros_(conv.bias)
+    return model
+
+
+def _lr(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, LR_SIZE, LR_SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _sample(model, lr, steps=4, params=None):
+    schedule = Schedule.from_model(model, steps)
+    state = sampler.init_state(model, schedule, lr, sampler.make_generators(range(len(lr))))
+    while not bool(state.done(schedule).all()):
+        state = sampler.step(model, schedule, state, params or StepParams(eta=0.0)).state
+    return state
+
+
+def test_vq_input_and_image_are_inverse_and_anchor_is_the_reward_baseline():
+    hr = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    lr = _lr(3, seed=2)
+    x = RESIDUAL.vq_input(hr, lr)
+    torch.testing.assert_close(RESIDUAL.image(x, lr), hr, atol=1e-6, rtol=0)
+    # The anchor is exactly the bicubic image the reward scores as 0.
+    torch.testing.assert_close(RESIDUAL.anchor(lr, (32, 32)), bicubic_upsample(lr, (32, 32)), atol=0, rtol=0)
+    torch.testing.assert_close(RESIDUAL.image(torch.zeros_like(hr), lr), upsample_bicubic(lr, (32, 32)),
+                               atol=0, rtol=0)
+    # The image format is unchanged: 2 HR - 1 in, (D + 1) / 2 out.
+    image = LatentTarget()
+    torch.testing.assert_close(image.vq_input(hr, lr), hr * 2 - 1)
+    torch.testing.assert_close(image.image(hr * 2 - 1, None), hr, atol=1e-6, rtol=0)
+
+
+def test_bad_latent_targets_are_refused():
+    with pytest.raises(ValueError, match="unknown kind"):
+        LatentTarget(kind="residuals")
+    with pytest.raises(ValueError, match="residual_scale"):
+        LatentTarget(kind="residual", residual_scale=0.0)
+    with pytest.raises(ValueError, match="pass the LR images"):
+        RESIDUAL.image(torch.zeros(1, 3, 32, 32), None)
+    with pytest.raises(ValueError, match="one LR image per latent"):
+        RESIDUAL.image(torch.zeros(2, 3, 32, 32), _lr(1))
+
+
+def test_a_zero_residual_decodes_to_exactly_bicubic():
+    model = _zero_decoder(_residual_model())
+    lr = _lr(4)
+    state = _sample(model, lr)
+    torch.testing.assert_close(sampler.decode(model, state), bicubic_upsample(lr, (32, 32)), atol=0, rtol=0)
+    # The same through the latents-and-LR form.
+    torch.testing.assert_close(sampler.decode(model, state.latents, lr), bicubic_upsample(lr, (32, 32)),
+                               atol=0, rtol=0)
+    with pytest.raises(ValueError, match="pass the LR images"):
+        sampler.decode(model, state.latents)
+
+
+def test_residual_decode_adds_the_decoder_output_over_bicubic():
+    model = _residual_model()
+    lr = _lr(2)
+    state = _sample(model, lr)
+    raw = sampler.vq_decode(model, state.latents)
+    expected = (bicubic_upsample(lr, (32, 32)) + raw / RESIDUAL.residual_scale).clamp(0, 1)
+    torch.testing.assert_close(sampler.decode(model, state), expected, atol=1e-6, rtol=0)
+    # and not the image format's reading of the same latents
+    assert (sampler.decode(model, state) - (raw.clamp(-1, 1) + 1) / 2).abs().max() > 1e-2
+
+
+def test_save_and_load_keep_the_latent_target_and_the_pipeline_is_refused(tmp_path):
+    model = _residual_model()
+    model.save_pretrained(tmp_path / "residual")
+    assert json.loads((tmp_path / "residual" / "latent_target.json").read_text()) == {
+        "kind": "residual", "residual_scale": 5.0}
+    loaded = load_ldmsr(tmp_path / "residual")
+    assert loaded.latent_target == RESIDUAL
+    lr = _lr(2)
+    torch.testing.assert_close(sampler.decode(loaded, _sample(loaded, lr)), sampler.decode(model, _sample(model, lr)))
+    with pytest.raises(ValueError, match="cannot run as LDMSuperResolutionPipeline"):
+        loaded.to_pipeline()
+    # An image-format folder has no such file and loads as the CompVis format.
+    LDMSRArchitecture.tiny().build(seed=0).save_pretrained(tmp_path / "image")
+    assert not (tmp_path / "image" / "latent_target.json").exists()
+    assert load_ldmsr(tmp_path / "image").latent_target == LatentTarget()
+    # A broken file is named.
+    (tmp_path / "residual" / "latent_target.json").write_text('{"kind": "residual", "scale": 5}')
+    with pytest.raises(ModelLoadError, match="latent_target.json is not a valid latent target"):
+        load_ldmsr(tmp_path / "residual")
+
+
+def test_guidance_lowers_the_lr_error_of_a_residual_model():
+    model = _residual_model()
+    schedule = Schedule.from_model(model, 5)
+    # A smooth LR image, as real ones are (the error a random decoder adds to bicubic is then
+    # what guidance can remove; quantization to the tiny codebook keeps part of it).
+    coarse = torch.rand(6, 3, 2, 2, generator=torch.Generator().manual_seed(3))
+    lr = torch.nn.functional.interpolate(coarse, size=(LR_SIZE, LR_SIZE), mode="bicubic").clamp(0, 1)
+    errors = {}
+    for strength in (0.0, 0.8):
+        state = sampler.init_state(model, schedule, lr, sampler.make_generators(range(6)))
+        for _ in range(5):
+            state = sampler.step(model, schedule, state, StepParams(eta=0.0, guidance=strength)).state
+        errors[strength] = sampler.lr_consistency_error(sampler.decode(model, state), lr).mean().item()
+    assert errors[0.8] < 0.9 * errors[0.0], errors
+
+
+@pytest.fixture(scope="module")
+def zero_residual_env_kwargs(image_folder):
+    return dict(model=_zero_decoder(_residual_model()), data=str(image_folder), hr_size=32,
+                num_inference_steps=6, reward={"lpips_net": None, "lpips_weight": 0.0})
+
+
+def test_env_scores_a_zero_residual_model_as_bicubic(zero_residual_env_kwargs):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(orl_gym.ENV_ID, **zero_residual_env_kwargs)
+    check_env(env.unwrapped, skip_render_check=True)
+    env.reset(seed=0)
+    action = encode_params(env.unwrapped.params.actions)
+    for _ in range(20):
+        _, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    assert terminated
+    # The image is bicubic's, so every quality metric equals its bicubic baseline.
+    for key in ("psnr", "ssim", "lr_consistency"):
+        np.testing.assert_allclose(info[key], info[f"bicubic_{key}"], rtol=0, atol=1e-5)
