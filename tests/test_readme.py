@@ -44,3 +44,23 @@ def test_readme_python_snippets_run(data_root, lpips_home, monkeypatch):
     assert isinstance(namespace["model"], PPO) and namespace["venv"].num_envs == 64
     namespace["venv"].close()
     namespace["env"].close()
+
+
+def test_readme_is_short_and_its_links_exist():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 150
+    targets = re.findall(r"\]\(([^)#\s]+)", text)
+    assert "experiments/results/comparison.png" in targets and "docs/index.md" in targets
+    missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()]
+    assert not missing
+
+
+def test_readme_result_table_is_the_reports():
+    """The headline table is the Targets table report_results.py wrote (and the docs show)."""
+    readme = (ROOT / "README.md").read_text()
+    tables = re.findall(r"\n(\| Target .+?)\n\n", readme, flags=re.S)
+    assert len(tables) == 1 and tables[0].count("\n") >= 6
+    assert tables[0] in (ROOT / "experiments" / "results" / "README.md").read_text()
+    assert tables[0] in (ROOT / "docs" / "results.md").read_text()
+    command = "python experiments/report_results.py --threads 2 --notes experiments/results/notes.md"
+    assert command in readme
