@@ -446,7 +446,7 @@ def test_no_env_var_and_no_hub_is_one_clear_error(monkeypatch, tmp_path):
     # Offline, and an id that no cache holds: the real load_dataset call fails at once.
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(data, "HUB_DATASET_ID", "orl-gym-tests/not-a-dataset")
+    monkeypatch.setattr(data.sources, "HUB_DATASET_ID", "orl-gym-tests/not-a-dataset")
     assert resolve_source(None).describe() == "hub:orl-gym-tests/not-a-dataset"
     with pytest.raises(DataSourceError) as raised:
         PairDataset(DataConfig(hub_cache_dir=str(tmp_path)))
