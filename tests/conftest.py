@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from orl_gym.models import LDMSR, LDMSRArchitecture
+
+if TYPE_CHECKING:
+    from orl_gym.rewards import LPIPS
 
 # Two cores shared by the suite: one intra-op thread keeps timings stable and avoids oversubscription.
 torch.set_num_threads(1)
@@ -112,3 +116,27 @@ def lpips_home(real_lpips_cache, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ORL_GYM_CACHE", str(home))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     return home
+
+
+@pytest.fixture(scope="session")
+def alex_weights(real_lpips_cache) -> Path:
+    """The real AlexNet backbone weights of ``real_lpips_cache`` (tests/test_rewards.py and
+    tests/test_lpips_weights.py)."""
+    from orl_gym.lpips_weights import cached_weights_path
+
+    return cached_weights_path("alex", cache_dir=real_lpips_cache)
+
+
+@pytest.fixture(scope="session")
+def alex_lpips(alex_weights) -> LPIPS:
+    from orl_gym.rewards import LPIPS
+
+    return LPIPS("alex", weights_path=str(alex_weights))
+
+
+@pytest.fixture()
+def no_weights_anywhere(tmp_path, monkeypatch):
+    """Empty torch hub and orl_gym caches: as on a fresh offline machine."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("ORL_GYM_CACHE", str(tmp_path / "orl_gym"))
+    return tmp_path

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import orl_gym
-from orl_gym import rewards
 from orl_gym.precision import ieee_float32
+from orl_gym.rewards import reward
 
 
 def test_ieee_float32_turns_tf32_off_inside_and_restores_the_flags():
@@ -46,8 +46,8 @@ def test_the_env_runs_its_unet_and_decoder_and_ssim_with_tf32_off(tiny_model, im
 
     model.unet.register_forward_pre_hook(record("unet"))
     model.vqvae.decoder.register_forward_pre_hook(record("decoder"))
-    ssim = rewards.ssim
-    monkeypatch.setattr(rewards, "ssim", lambda *a, **k: (record("ssim")(), ssim(*a, **k))[1])
+    ssim = reward.ssim  # where RewardModel looks it up
+    monkeypatch.setattr(reward, "ssim", lambda *a, **k: (record("ssim")(), ssim(*a, **k))[1])
     env = gym.make(orl_gym.ENV_ID, model=model, data=str(image_folder), hr_size=32, num_inference_steps=3,
                    reward={"lpips_net": None, "lpips_weight": 0.0}, render_mode="rgb_array")
     seen.clear()  # gym.make ran the networks once to count the guidance step's FLOPs
