@@ -4,6 +4,7 @@ The environment logic is written once, batched, gymnax-style: ``EnvParams`` (wha
 model, schedule, data, reward, action mapping) and ``EnvState`` (per-image tensors, batch first)
 with the pure functions ``reset_rows`` and ``step_batch``. ``LDMSuperResolutionEnv`` runs them
 with a batch of one; ``orl_gym.vector`` runs them with N, so both share every line of logic.
+The observation and action spaces and ``observe`` live in ``orl_gym.spaces`` (importable from here).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
-from gymnasium import spaces
 
 from orl_gym import ENV_ID, postprocess, sampler
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action
-from orl_gym.data import DataConfig, PairDataset
+from orl_gym.data import DataConfig, PairDataset, upsample_bicubic
 from orl_gym.models import LDMSR, load_ldmsr, resolve_dtype
 from orl_gym.precision import ieee_float32
 from orl_gym.rewards import RewardConfig, RewardModel, RewardOutput
+from orl_gym.spaces import action_space, observation_space, observe
 
 __all__ = [
     "ENV_ID",
@@ -35,24 +35,13 @@ __all__ = [
     "EnvState",
     "LDMSuperResolutionEnv",
     "StepResult",
+    "action_space",
     "build_params",
     "observation_space",
     "observe",
     "reset_rows",
     "step_batch",
 ]
-
-
-# Progress features, each in [0, 1]: t / T, position on the schedule, UNet calls and guidance
-# evaluations used (both / schedule length), then the last step's four parameters normalized.
-PROGRESS_FEATURES = ("t", "schedule_position", "nfe", "guidance_evals",
-                     *(f"last_{p}" for p in PARAMETERS))
-
-
-# Finite bounds for the latent observation (checkers reject infinite ones). Latents of a DDIM run
-# stay within a few units of N(0, I); observations are clipped to this bound, which never binds
-# for a working model.
-LATENT_BOUND = 1.0e4
 
 
 @dataclass(frozen=True)
@@ -244,26 +233,6 @@ def build_params(config: EnvConfig) -> EnvParams:
                      step_budget=budget, image_pool=pool, guidance_cost=float(guidance_cost))
 
 
-def action_space(params: EnvParams) -> spaces.Box:
-    """Box(-1, 1, (k,), float32): one coordinate per active parameter (``orl_gym.actions``)."""
-    return spaces.Box(-1.0, 1.0, (params.actions.size,), np.float32)
-
-
-def observation_space(params: EnvParams) -> spaces.Dict:
-    """One env's observation: flat Boxes, as SB3's MultiInputPolicy and env checker want them.
-
-    lr: the LR image, uint8, CHW flattened (3 * h * w,). latent: z_t, float32, CHW flattened.
-    progress: PROGRESS_FEATURES in [0, 1]. (SB3 treats any 3-D Box as an image and wants uint8
-    of at least 36x36; our LR images are 16x16 on CPU, so images travel flat and the shipped
-    feature extractor reshapes them.)
-    """
-    return spaces.Dict({
-        "lr": spaces.Box(0, 255, (int(np.prod(params.lr_shape)),), np.uint8),
-        "latent": spaces.Box(-LATENT_BOUND, LATENT_BOUND, (int(np.prod(params.latent_shape)),), np.float32),
-        "progress": spaces.Box(0.0, 1.0, (len(PROGRESS_FEATURES),), np.float32),
-    })
-
-
 @dataclass(frozen=True)
 class EnvState:
     """Batched per-image state (batch first, on the model's device unless noted)."""
@@ -391,23 +360,6 @@ def compute_used(params: EnvParams, state: EnvState) -> torch.Tensor:
     return state.sampler.nfe.float() + params.guidance_cost * state.sampler.guidance_evals.float()
 
 
-def observe(params: EnvParams, state: EnvState) -> dict[str, np.ndarray]:
-    """The batch's observations as host arrays (the one host copy per step)."""
-    s = state.sampler
-    K = len(params.schedule)
-    t = s.timestep(params.schedule).clamp(min=0).float() / params.model.num_train_timesteps
-    progress = torch.cat([
-        torch.stack([t, s.step_index.float() / K, s.nfe.float() / K, s.guidance_evals.float() / K], dim=1),
-        state.last_action,
-    ], dim=1).clamp(0.0, 1.0)
-    lr_uint8 = (s.lr * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return {
-        "lr": lr_uint8.flatten(1).cpu().numpy(),
-        "latent": s.latents.float().flatten(1).clamp(-LATENT_BOUND, LATENT_BOUND).cpu().numpy(),
-        "progress": progress.float().cpu().numpy(),
-    }
-
-
 # Final metrics that are counts (int64 columns, -1 where a row did not finish), in this order
 # after the reward's own metrics.
 COUNT_METRICS = ("unet_calls", "guidance_evals")
@@ -513,9 +465,9 @@ def render_frame(params: EnvParams, state: EnvState, row: int = 0) -> np.ndarray
     """(H, 3W, 3) uint8: LR upsampled (bicubic) | decoded x0 prediction (after the output fix) | HR."""
     s = state.sampler
     hr = state.hr[row:row + 1]
-    lr_up = F.interpolate(s.lr[row:row + 1].float(), size=hr.shape[-2:], mode="bicubic", align_corners=False)
+    lr_up = upsample_bicubic(s.lr[row:row + 1].float(), hr.shape[-2:])
     x0 = output_images(params, s.pred_original[row:row + 1], s.lr[row:row + 1]).float()
-    frame = torch.cat([lr_up.clamp(0, 1), x0, hr.float()], dim=3)[0]
+    frame = torch.cat([lr_up, x0, hr.float()], dim=3)[0]
     return (frame.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
