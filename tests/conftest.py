@@ -140,3 +140,18 @@ def no_weights_anywhere(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("ORL_GYM_CACHE", str(tmp_path / "orl_gym"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def train_ldm():
+    """experiments/train_ldm.py loaded as the module ``train_ldm`` (tests/test_train_ldm*.py call
+    and patch ``orl_gym.training`` through the names it imports)."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "train_ldm.py"
+    spec = importlib.util.spec_from_file_location("train_ldm", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_ldm"] = module
+    spec.loader.exec_module(module)
+    return module
