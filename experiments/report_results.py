@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "Every method sees the same images and, for the samplers, the same noise for each image (its z_T and its step noise)."
         + (f" Categories without test images here: {'; '.join(missing)}." if missing else ""),
         f"- Action space: {', '.join(actions.parameters)}; stride 1..{actions.max_stride}. "
-        f"Reward: {describe_reward(env_kwargs.get('reward', {}))} (`orl_gym/rewards.py`; 0 = bicubic quality at "
+        f"Reward: {describe_reward(env_kwargs.get('reward', {}))} (`orl_gym/rewards/reward.py`; 0 = bicubic quality at "
         "the default schedule's cost).",
         f"- Best constant: grid `{args.grid}` ({len(grid_table)} settings x {args.grid_max_images} validation "
         f"images of {grid_categories}, each image one episode, like the policies' training); "
