@@ -1,6 +1,7 @@
 """The ``orl-gym`` command: train, evaluate, demo, fetch-weights.
 
     orl-gym train --algo ppo --env tiny-x4 [--timesteps N] [--n-envs N] [--device cuda] [--resume RUN]
+    orl-gym train --engine rllib --env tiny-x4 [--params num_env_runners=4 ...]  # Ray RLlib PPO (docs/rllib.md)
     orl-gym evaluate RUN_OR_MODEL [--split test] [--categories forest river ...]
     orl-gym demo                      # train PPO briefly on the bundled model, then evaluate
     orl-gym fetch-weights [--net alex] [--realesrgan]  # real LPIPS (+ Real-ESRGAN) weights, offline-friendly
@@ -125,16 +126,17 @@ def _resume_conflicts(args: argparse.Namespace, config: dict[str, Any], run_dir:
     return conflicts
 
 
-def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def _resume_config(args: argparse.Namespace, checkpoint: str = "latest.zip") -> tuple[Path, dict[str, Any]]:
     """The run folder and configuration --resume continues, with --timesteps / --eval-freq /
-    --eval-images applied (the changes a resumed run accepts; config.yaml records them)."""
+    --eval-images applied (the changes a resumed run accepts; config.yaml records them).
+    ``checkpoint``: what the engine resumes from, under checkpoints/ (RLlib's is a folder)."""
     run_dir = Path(args.resume)
     if not run_dir.is_dir():
         raise ValueError(f"--resume: no such run folder {run_dir}")
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"--resume: {run_dir} has no config.yaml: not a run folder of orl-gym train")
-    if not (run_dir / "checkpoints" / "latest.zip").is_file():
-        raise ValueError(f"--resume: {run_dir} has no checkpoints/latest.zip: the run saved no checkpoint to "
+    if not (run_dir / "checkpoints" / checkpoint).exists():
+        raise ValueError(f"--resume: {run_dir} has no checkpoints/{checkpoint}: the run saved no checkpoint to "
                          "resume from; delete the folder and start the run again without --resume")
     config = _read_run_config(run_dir, RUN_KEYS)
     conflicts = _resume_conflicts(args, config, run_dir)
@@ -338,7 +340,19 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    train(args)
+    """``orl-gym train`` on the engine asked for, or, with --resume, the one the run recorded."""
+    recorded = None
+    if args.resume and (Path(args.resume) / "config.yaml").is_file():
+        recorded = load_yaml_mapping(Path(args.resume) / "config.yaml", "a run's settings").get("engine", "sb3")
+    if args.engine and recorded and args.engine != recorded:
+        raise ValueError(f"--engine {args.engine}: the run {args.resume} was trained with {recorded}; leave "
+                         "--engine out to resume it")
+    if (args.engine or recorded) == "rllib":
+        from orl_gym.rllib import train_rllib
+
+        train_rllib(args)
+    else:
+        train(args)
     return 0
 
 
@@ -438,20 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any env argument, applied last; dotted keys change one field of reward "
                        "or actions, e.g. reward.lpips_weight=0.4 reward.efficiency_weight=0 hr_size=128")
 
-    p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib)",
+    p = commands.add_parser("train", help="train an agent (SB3 / sb3-contrib, or Ray RLlib)",
                             description="Train an agent in a new run folder, or continue one with --resume. A "
                             "resumed run keeps its configuration: it accepts --timesteps, --eval-freq, "
                             "--eval-images, --agent-device (recorded in its config.yaml) and --no-progress; the "
                             "other options are an error unless they repeat the run's own values.")
-    p.add_argument("--algo", help=f"one of {', '.join(ALGORITHMS)} (default {TRAIN_DEFAULTS['algo']})")
+    p.add_argument("--engine", choices=("sb3", "rllib"), help="sb3 (default: Stable-Baselines3 in this process) "
+                   "or rllib (Ray RLlib's PPO, num_env_runners batched envs; pip install 'orl_gym[rllib]', "
+                   "docs/rllib.md); a resumed run keeps its own")
+    p.add_argument("--algo", help=f"one of {', '.join(ALGORITHMS)} (default {TRAIN_DEFAULTS['algo']}; "
+                   "--engine rllib: ppo)")
     env_options(p, env_help=f"env preset name or .yml path (default {TRAIN_DEFAULTS['env']})")
     p.add_argument("--timesteps", type=int, help="total timesteps (default: the YAML's n_timesteps)")
-    p.add_argument("--n-envs", type=int, help="images per batch (default: the YAML's n_envs)")
+    p.add_argument("--n-envs", type=int, help="images per batch, per env runner with rllib (default: the YAML's)")
     p.add_argument("--params", nargs="+", metavar="KEY=VALUE",
                    help="override hyperparameters of the YAML entry, e.g. n_steps=32 learning_rate=1e-4")
     p.add_argument("--seed", type=int, help=f"default {TRAIN_DEFAULTS['seed']}, the paper's seed")
     p.add_argument("--run-dir", help="run folder (default: runs/<algo>-<env>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/latest.zip")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/latest(.zip)")
     p.add_argument("--eval-freq", type=int, help=f"timesteps between validation evaluations (default {TRAIN_DEFAULTS['eval_freq']})")
     p.add_argument("--eval-images", type=int, help=f"validation images per evaluation (default {TRAIN_DEFAULTS['eval_images']})")
     p.add_argument("--agent-device", help=f"device of the policy network (default {TRAIN_DEFAULTS['agent_device']}; "
