@@ -12,6 +12,7 @@ from orl_gym import sampler, upscale
 from orl_gym.actions import ActionConfig, decode_action, encode_params
 from orl_gym.cli import main
 from orl_gym.data import downsample_bicubic
+from orl_gym.upscale import grid, runner
 
 
 def _psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
@@ -40,11 +41,16 @@ def tiny_folder(tiny_model, tmp_path_factory):
 
 
 def _reference(tiles: upscale.TileSampler, lr: torch.Tensor, seed: int, params: sampler.StepParams) -> torch.Tensor:
-    """One tile sampled straight through orl_gym.sampler: what the untiled run is."""
+    """The whole image sampled straight through orl_gym.sampler with the noise of ``seed``'s field
+    (z_T, then each step's fresh noise): what the untiled run is."""
     model, schedule = tiles.model, tiles.schedule
-    state = sampler.init_state(model, schedule, lr[None], sampler.make_generators([seed]))
+    noise, size = upscale.NoiseField(seed, model.latent_channels), lr.shape[-2:]
+    z_t = noise.windows(0, [(0, 0)], *size) * model.scheduler.init_noise_sigma
+    state = sampler.init_state(model, schedule, lr[None], sampler.make_generators([seed]), latents=z_t)
+    step = 0
     while not bool(state.done(schedule).all()):
-        state = sampler.step(model, schedule, state, params).state
+        step += 1
+        state = sampler.step(model, schedule, state, params, noise=noise.windows(step, [(0, 0)], *size)).state
     return sampler.decode(model, state)[0]
 
 
@@ -55,7 +61,7 @@ def _reference(tiles: upscale.TileSampler, lr: torch.Tensor, seed: int, params: 
 @pytest.mark.parametrize(("length", "tile", "overlap"), [(16, 16, 4), (17, 16, 4), (64, 16, 4), (100, 32, 8),
                                                          (257, 64, 8), (40, 16, 0), (50, 16, 15)])
 def test_tiles_cover_the_image_with_at_least_the_overlap(length, tile, overlap):
-    starts = upscale._positions(length, tile, overlap)
+    starts = grid._positions(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == max(length, tile)
     gaps = np.diff(starts)
     assert (gaps >= 1).all() and (gaps <= tile - overlap).all()  # neighbours share >= overlap pixels
@@ -70,10 +76,10 @@ def test_blend_windows_sum_to_one_where_neighbours_overlap_by_the_ramp():
 
 
 def _fake_sampler(monkeypatch, tiles, make_tile):
-    def fake(tile_sampler, lr, seeds):
-        return torch.stack([make_tile(t, s) for t, s in zip(lr, seeds, strict=True)]), torch.zeros(len(lr))
+    def fake(tile_sampler, lr, noise, corners):
+        return torch.stack([make_tile(t, c) for t, c in zip(lr, corners, strict=True)]), torch.zeros(len(lr))
 
-    monkeypatch.setattr(upscale, "_sample_tiles", fake)
+    monkeypatch.setattr(runner, "_sample_tiles", fake)
 
 
 def test_tiles_are_placed_where_they_belong(monkeypatch, ddim4):
@@ -90,7 +96,7 @@ def test_blending_has_no_seams(monkeypatch, ddim4):
     # Tiles that disagree (each a different constant): the output moves between them smoothly,
     # at most one ramp step (1 / (overlap * scale)) of the difference per pixel, never jumping.
     values = {}
-    _fake_sampler(monkeypatch, ddim4, lambda t, s: torch.full((3, 64, 64), values.setdefault(s, len(values) % 2)))
+    _fake_sampler(monkeypatch, ddim4, lambda t, c: torch.full((3, 64, 64), values.setdefault(c, len(values) % 2)))
     result = upscale.upscale_tiles(torch.rand(3, 40, 40), ddim4, tile=16, overlap=4)
     assert len(result.grid) == 9
     jumps = max(float(result.image.diff(dim=d).abs().max()) for d in (1, 2))
@@ -103,16 +109,29 @@ def test_blending_has_no_seams(monkeypatch, ddim4):
 
 def test_one_tile_equals_the_untiled_sampler_exactly(ddim4, data_root):
     lr = _as_tensor(_uc_merced(data_root).crop((0, 0, 32, 32)))
-    reference = _reference(ddim4, lr, upscale.tile_seeds(7, 1)[0], sampler.StepParams())
+    reference = _reference(ddim4, lr, 7, sampler.StepParams())
     for tile in (32, "whole", 64):
         result = upscale.upscale_tiles(lr, ddim4, tile=tile, overlap=8, seed=7)
         if tile == 64:  # a tile larger than the image: reflect-padded, the output cropped
-            padded = upscale._reflect_pad(lr, 64, 64)
-            reference = _reference(ddim4, padded, upscale.tile_seeds(7, 1)[0], sampler.StepParams())[:, :128, :128]
+            padded = grid._reflect_pad(lr, 64, 64)
+            reference = _reference(ddim4, padded, 7, sampler.StepParams())[:, :128, :128]
         assert len(result.grid) == 1 and torch.equal(result.image, reference), tile
     # Another seed is another sample.
-    assert not torch.equal(upscale.upscale_tiles(lr, ddim4, tile=32, seed=8).image, _reference(
-        ddim4, lr, upscale.tile_seeds(7, 1)[0], sampler.StepParams()))
+    assert not torch.equal(upscale.upscale_tiles(lr, ddim4, tile=32, seed=8).image,
+                           _reference(ddim4, lr, 7, sampler.StepParams()))
+
+
+def test_noise_field_windows_are_crops_of_one_field():
+    noise = upscale.NoiseField(seed=5, channels=3, block=16)
+    whole = noise.windows(2, [(0, 0)], 40, 52)[0]
+    corners = [(5, 7), (24, 36), (0, 16), (17, 3)]  # across block boundaries, and on them
+    tiles = noise.windows(2, corners, 16, 16)
+    for (top, left), tile in zip(corners, tiles, strict=True):
+        assert torch.equal(tile, whole[:, top:top + 16, left:left + 16])
+    assert torch.equal(noise.windows(2, corners[1:2], 16, 16)[0], tiles[1])  # whatever else is in the batch
+    assert abs(float(whole.mean())) < 0.1 and abs(float(whole.std()) - 1) < 0.1
+    for other in (noise.windows(3, [(0, 0)], 40, 52)[0], upscale.NoiseField(6, 3).windows(2, [(0, 0)], 40, 52)[0]):
+        assert abs(float((other * whole).mean())) < 0.1  # another step / seed: independent values
 
 
 def test_tiles_do_not_depend_on_their_batch(ddim4):
@@ -123,17 +142,34 @@ def test_tiles_do_not_depend_on_their_batch(ddim4):
     assert torch.allclose(one.image, many.image, atol=1e-5)
 
 
-def test_tiled_costs_no_psnr_against_untiled_on_a_real_image(data_root):
-    # The bundled model on a real 256 px scene, x4 from its 64 px bicubic downsampling. Seams or
-    # misplaced tiles would cost PSNR; the tiled result may gain some (its overlaps average two
-    # independent samples, which lowers the error: +0.45 dB here, docs/upscale.md).
+@pytest.fixture(scope="module")
+def real_runs(data_root):
+    """The bundled model on a real 256 px scene, x4 from its 64 px bicubic downsampling: the
+    original, the untiled run (seeds 0 and 1) and 9 tiles of 32 px with overlap 8 (seed 0)."""
     hr = _as_tensor(_uc_merced(data_root))
     lr = downsample_bicubic(hr[None], (64, 64))[0].clamp(0, 1)
     tiles = upscale.sampler_from_name("ddim20")
-    untiled = upscale.upscale_tiles(lr, tiles, tile="whole", seed=0)
+    untiled = [upscale.upscale_tiles(lr, tiles, tile="whole", seed=seed) for seed in (0, 1)]
     tiled = upscale.upscale_tiles(lr, tiles, tile=32, overlap=8, seed=0)
-    assert len(untiled.grid) == 1 and len(tiled.grid) == 9
-    assert _psnr(tiled.image, hr) >= _psnr(untiled.image, hr) - 0.1
+    assert len(untiled[0].grid) == 1 and len(tiled.grid) == 9
+    return hr, untiled[0].image, untiled[1].image, tiled.image
+
+
+def test_tiles_share_the_untiled_runs_noise_on_a_real_image(real_runs):
+    # The tiles start from their windows of the untiled run's z_T, so they land near its sample
+    # (36.4 dB apart here), not as far from it as another sample of the image (another seed's
+    # untiled run: 32.6 dB), where tiles that drew their own noise were (docs/upscale.md).
+    hr, untiled, other_seed, tiled = real_runs
+    assert _psnr(tiled, untiled) > _psnr(other_seed, untiled) + 3.0
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26's seam check as written does not hold for the bundled UNet: tiled "
+                   "minus untiled is +0.32 dB on this image (-0.68..+0.26 dB over docs/upscale.md's 21 images), "
+                   "as large inside the tiles as at their edges: the UNet's output depends on the window it sees, "
+                   "which the shared noise cannot change (docs/upscale.md, 'Tiled against untiled')")
+def test_tiled_psnr_is_within_0_1_db_of_untiled_on_a_real_image(real_runs):
+    hr, untiled, _, tiled = real_runs
+    assert abs(_psnr(tiled, hr) - _psnr(untiled, hr)) <= 0.1
 
 
 class _ConstantPolicy:
@@ -162,7 +198,7 @@ def test_a_policy_drives_every_tile(tiny_model):
     result = upscale.upscale_tiles(lr, tiles, seed=1)
     params = decode_action(action[None], ActionConfig()).params
     assert result.unet_calls == 3  # 5 steps at stride 2
-    assert torch.equal(result.image, _reference(tiles, lr, upscale.tile_seeds(1, 1)[0], params))
+    assert torch.equal(result.image, _reference(tiles, lr, 1, params))
     assert policy.seen[0].all() and not policy.seen[1].any()  # episode starts, then continues
     big = upscale.upscale_tiles(torch.rand(3, 40, 24), tiles, seed=1)
     assert big.image.shape == (3, 160, 96) and len(big.grid) == 3 * 2
