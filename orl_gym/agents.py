@@ -36,7 +36,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import nn
 
 from orl_gym import ENV_ID
-from orl_gym.configs import CONFIG_DIR, load_yaml_mapping
+from orl_gym.configs import CONFIG_DIR, agent_entry
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = ["ALGORITHMS", "FlattenDictObservation", "LDMSRFeatureExtractor", "TrainingMonitor", "build_agent",
@@ -108,8 +108,7 @@ def algorithm_class(algo: str) -> type[BaseAlgorithm]:
 
 def load_hyperparams(algo: str, preset: str | None = None, *, conf_file: str | Path | None = None) -> dict[str, Any]:
     """The hyperparameters of ``algo`` for an env preset (its own key, else the env id's)."""
-    table, key = _hyperparams_entry(algo, preset, conf_file)
-    return dict(table[key])
+    return _hyperparams_entry(algo, preset, conf_file)[0]
 
 
 def hyperparams_entry(algo: str, preset: str | None = None, *, conf_file: str | Path | None = None) -> str:
@@ -119,16 +118,9 @@ def hyperparams_entry(algo: str, preset: str | None = None, *, conf_file: str | 
 
 
 def _hyperparams_entry(algo: str, preset: str | None, conf_file: str | Path | None) -> tuple[dict, str]:
-    """(the algorithm's hyperparameter table, the key of the entry used)."""
+    """(the algorithm's hyperparameters, the key of the entry used)."""
     algorithm_class(algo)
-    path = Path(conf_file) if conf_file else CONFIG_DIR / "agents" / f"{algo}.yml"
-    if not path.is_file():
-        raise ValueError(f"algo: no hyperparameter file {path}")
-    table = load_yaml_mapping(path, "env ids to hyperparameters")
-    for key in (preset, ENV_ID):
-        if key and key in table:
-            return table, key
-    raise ValueError(f"{path}: no entry for {preset!r} or {ENV_ID!r}; entries: {', '.join(table)}")
+    return agent_entry(conf_file or CONFIG_DIR / "agents" / f"{algo}.yml", (preset, ENV_ID))
 
 
 def build_agent(

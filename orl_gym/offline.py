@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from orl_gym import ENV_ID
-from orl_gym.configs import CONFIG_DIR, load_yaml_mapping
+from orl_gym.configs import CONFIG_DIR, agent_entry
 from orl_gym.io import atomic_open, atomic_write_text, save_figure
 
 __all__ = [
@@ -88,14 +88,7 @@ def load_offline_hyperparams(algo: str, preset: str | None = None, *, conf_file:
     file has one, else the env id's (as ``orl_gym.agents.load_hyperparams`` reads the online ones)."""
     if algo not in OFFLINE_ALGORITHMS:
         raise ValueError(f"--algo: unknown offline algorithm {algo!r}; algorithms: {', '.join(OFFLINE_ALGORITHMS)}")
-    path = Path(conf_file) if conf_file else CONFIG_DIR / "agents" / f"{algo}.yml"
-    if not path.is_file():
-        raise ValueError(f"--algo: no hyperparameter file {path}")
-    table = load_yaml_mapping(path, "env ids to hyperparameters")
-    for key in (preset, ENV_ID):
-        if key and key in table:
-            return dict(table[key]), key
-    raise ValueError(f"{path}: no entry for {preset!r} or {ENV_ID!r}; entries: {', '.join(table)}")
+    return agent_entry(conf_file or CONFIG_DIR / "agents" / f"{algo}.yml", (preset, ENV_ID), option="--algo")
 
 
 def d3rlpy_config(algo: str, hyperparams: Mapping[str, Any]) -> Any:

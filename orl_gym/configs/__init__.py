@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_DIR", "apply_env_overrides", "env_preset", "env_presets", "load_yaml_mapping", "parse_yaml_value",
-           "yaml_error_summary"]
+__all__ = ["CONFIG_DIR", "agent_entry", "apply_env_overrides", "env_preset", "env_presets", "load_yaml_mapping",
+           "parse_yaml_value", "yaml_error_summary"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -40,6 +40,21 @@ def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of {what}, got {type(data).__name__}")
     return data
+
+
+def agent_entry(path: str | Path, keys: Iterable[str | None], option: str = "algo") -> tuple[dict[str, Any], str]:
+    """(the entry, its key) of a hyperparameter file in rl-zoo3's layout (env preset or env id ->
+    hyperparameters): the first of ``keys`` the file has (None keys are skipped); ValueError naming
+    the file, or ``option`` when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{option}: no hyperparameter file {path}")
+    table = load_yaml_mapping(path, "env ids to hyperparameters")
+    keys = [key for key in keys if key]
+    for key in keys:
+        if key in table:
+            return dict(table[key]), key
+    raise ValueError(f"{path}: no entry for {' or '.join(map(repr, keys))}; entries: {', '.join(table)}")
 
 
 def parse_yaml_value(item: str, option: str, example: str) -> tuple[str, Any]:
