@@ -49,6 +49,7 @@ from orl_gym.evaluation import (
     MethodResult,
     constant_policy,
     evaluate_method,
+    grid_for_actions,
     grid_search_constant_action,
     paired_columns,
     paired_interval,
@@ -220,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(split="test", categories=categories, num_envs=args.n_envs, max_images=args.max_images, seed=0,
                   progress=progress)
     best_action, best_setting, grid_table = grid_search_constant_action(
-        env_kwargs, actions, grid=GRIDS[args.grid], split="validation", num_envs=args.n_envs,
+        env_kwargs, actions, grid=grid_for_actions(args.grid, actions)[0], split="validation", num_envs=args.n_envs,
         max_images=args.grid_max_images, seed=0, progress=progress)
     grid_steps = sum(row["unet_calls"] for row in grid_table) * args.grid_max_images  # one UNet call per env step
     if args.behaviour == "random":
         behaviour = RandomPolicy(actions.size, seed=[args.seed, 10**6])
     elif args.behaviour == "grid":
-        behaviour = GridMixPolicy(actions, GRIDS[args.grid], seed=[args.seed, 10**6])
+        behaviour = GridMixPolicy(actions, grid_for_actions(args.grid, actions)[0], seed=[args.seed, 10**6])
     else:
         behaviour_config = yaml.safe_load((Path(args.behaviour) / "config.yaml").read_text())
         behaviour = load_run_policy(Path(args.behaviour), behaviour_config)[0]

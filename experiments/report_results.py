@@ -54,6 +54,7 @@ from orl_gym.evaluation import (
     constant_policy,
     evaluate_method,
     evaluate_upsampler,
+    grid_for_actions,
     grid_search_constant_action,
     paired_columns,
     paired_interval,
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("report_results: grid search for the best constant action (validation split)", file=sys.stderr)
     best_action, best_setting, grid_table = grid_search_constant_action(
-        env_kwargs, actions, grid=GRIDS[args.grid], split="validation", num_envs=args.n_envs,
+        env_kwargs, actions, grid=grid_for_actions(args.grid, actions)[0], split="validation", num_envs=args.n_envs,
         max_images=args.grid_max_images, seed=args.seed)
 
     default_sampler = constant_policy(encode_params(actions))  # stride 1, eta 0, noise 1, no guidance

@@ -231,12 +231,11 @@ def evaluate(args: argparse.Namespace) -> Path:
     from orl_gym.actions import ActionConfig, encode_params
     from orl_gym.agents import algorithm_class
     from orl_gym.evaluation import (
-        GRIDS,
         SB3Policy,
         constant_policy,
         env_spaces,
         evaluate_method,
-        fit_grid,
+        grid_for_actions,
         grid_search_constant_action,
         write_report,
     )
@@ -270,17 +269,18 @@ def evaluate(args: argparse.Namespace) -> Path:
     policy.check_spaces(*env_spaces(env_kwargs, split=args.split, categories=args.categories,
                                     max_images=args.max_images))  # before No RL and the grid run
     actions = ActionConfig(**env_kwargs.get("actions", {}))
-    grid, left_out = None, []
+    grid, grid_changes = None, []
     if not args.no_grid:
-        # Checked before anything runs: a grid value the run's actions cannot take is left out
-        # (said on the console and in the table's header); none left for a parameter is an error.
+        # Checked before anything runs: the grid's strides reach the run's max_stride, and a value
+        # the run's actions cannot take is left out (said on the console and in the table's
+        # header); none left for a parameter is an error.
         try:
-            grid, left_out = fit_grid(GRIDS[args.grid], actions)
+            grid, grid_changes = grid_for_actions(args.grid, actions)
         except ValueError as error:
             raise ValueError(f"--grid {args.grid}: {error}; use --no-grid to skip the grid search") from None
-        if left_out:
-            print(f"orl-gym: --grid {args.grid}: left out what this run's actions cannot take: "
-                  f"{'; '.join(left_out)}", file=sys.stderr)
+        if grid_changes:
+            print(f"orl-gym: --grid {args.grid} fitted to this run's actions: "
+                  f"{'; '.join(grid_changes)}", file=sys.stderr)
     common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
                   seed=args.seed, keep_images=args.grid_images, progress=not args.no_progress)
     results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
@@ -291,7 +291,7 @@ def evaluate(args: argparse.Namespace) -> Path:
                                                              seed=args.seed, progress=not args.no_progress)
         results.append(evaluate_method("best constant", constant_policy(action), env_kwargs, **common))
         grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings"
-                     f"{' (left out: ' + '; '.join(left_out) + ')' if left_out else ''}, "
+                     f"{' (fitted to the actions: ' + '; '.join(grid_changes) + ')' if grid_changes else ''}, "
                      f"chosen by mean reward on {args.grid_max_images} validation images")
     results.append(evaluate_method("RL", policy, env_kwargs, **common))
     header = "\n".join([

@@ -214,11 +214,12 @@ def behaviour_policy(settings: CollectSettings, observation_space: gym.Space, ac
         action = encode_params(actions, **settings.action)
         return lambda chunk: constant_policy(action)
     if settings.policy == "grid":
-        from orl_gym.evaluation import GRIDS
+        from orl_gym.evaluation import GRIDS, grid_for_actions
 
         if settings.grid not in GRIDS:
             raise ValueError(f"--grid: unknown {settings.grid!r}; grids: {', '.join(GRIDS)}")
-        return lambda chunk: GridMixPolicy(actions, GRIDS[settings.grid], seed=[settings.seed, chunk])
+        grid = grid_for_actions(settings.grid, actions)[0]  # the strides reach the actions' max_stride
+        return lambda chunk: GridMixPolicy(actions, grid, seed=[settings.seed, chunk])
     from orl_gym.configs import load_yaml_mapping
     from orl_gym.run_policies import load_run_policy
 

@@ -52,6 +52,7 @@ __all__ = [
     "bicubic_result",
     "comparison_grid",
     "fit_grid",
+    "grid_for_actions",
     "grid_search_constant_action",
     "paired_columns",
     "paired_interval",
@@ -309,6 +310,34 @@ def fit_grid(grid: Mapping[str, Sequence[float]], actions: ActionConfig) -> tupl
             raise ValueError(f"grid: none of the {name} values {tuple(values)} fits the actions ({dropped[-1]})")
         fitted[name] = tuple(kept)
     return fitted, dropped
+
+
+def grid_for_actions(name: str, actions: ActionConfig) -> tuple[dict[str, tuple[float, ...]], list[str]]:
+    """The named grid (``GRIDS``) fitted to ``actions``: (the grid, one note per change).
+
+    The grids' strides (1, 2, 4) are those of the default ``max_stride`` 4. Where the actions allow
+    longer strides, the stride axis is extended by doubling up to ``max_stride`` and ends at it
+    (max_stride 10: 1, 2, 4, 8, 10), so the best constant action can take any stride a policy can
+    and a policy that uses the longer strides is not compared with a baseline that could not.
+    Values the actions cannot take are then left out (:func:`fit_grid`).
+    """
+    if name not in GRIDS:
+        raise ValueError(f"grid: unknown grid {name!r}; grids: {', '.join(GRIDS)}")
+    grid = {key: tuple(values) for key, values in GRIDS[name].items()}
+    notes = []
+    strides = list(grid.get("stride", ()))
+    if "stride" in actions.parameters and strides and max(strides) < actions.max_stride:
+        added = []
+        while 2 * max(strides) < actions.max_stride:
+            strides.append(2 * max(strides))
+            added.append(strides[-1])
+        strides.append(actions.max_stride)
+        added.append(actions.max_stride)
+        grid["stride"] = tuple(type(strides[0])(v) for v in strides)
+        notes.append(f"stride: added {', '.join(str(int(v)) for v in added)} to reach the actions' max_stride "
+                     f"{actions.max_stride}")
+    fitted, dropped = fit_grid(grid, actions)
+    return fitted, notes + dropped
 
 
 class PolicyTrace:

@@ -277,8 +277,8 @@ def test_grid_values_outside_the_runs_actions(preset, tmp_path, capsys):
               "--grid-images", "1"]
     # The quick grid's stride 4 does not fit max_stride 2: left out, with a note, before anything runs.
     assert main([*common, "--env-kwargs", "actions.max_stride=2", "--out", str(tmp_path / "a")]) == 0
-    assert "--grid quick: left out what this run's actions cannot take: stride: 4.0" in capsys.readouterr().err
-    assert "'quick' grid of 4 settings (left out: stride: 4.0" in (tmp_path / "a" / "table.md").read_text()
+    assert "--grid quick fitted to this run's actions: stride: 4.0 is outside" in capsys.readouterr().err
+    assert "'quick' grid of 4 settings (fitted to the actions: stride: 4.0 is outside" in (tmp_path / "a" / "table.md").read_text()
     # No value left for a parameter: an error naming --grid / --no-grid, and nothing evaluated.
     assert main([*common, "--env-kwargs", "actions.eta_range=[0.2, 0.5]", "actions.defaults={eta: 0.3}",
                  "--out", str(tmp_path / "b")]) == 2

@@ -288,6 +288,23 @@ def test_bicubic_rows_hold_bicubic_metrics_not_the_reference_methods():
     assert "efficiency" not in bicubic
 
 
+def test_named_grids_reach_the_actions_max_stride():
+    from orl_gym.evaluation import GRIDS, grid_for_actions
+
+    assert grid_for_actions("full", ActionConfig()) == ({k: tuple(v) for k, v in GRIDS["full"].items()}, [])
+    grid, notes = grid_for_actions("quick", ActionConfig(max_stride=10))
+    assert grid["stride"] == (1, 2, 4, 8, 10) and grid["eta"] == GRIDS["quick"]["eta"]
+    assert notes == ["stride: added 8, 10 to reach the actions' max_stride 10"]
+    assert grid_for_actions("quick", ActionConfig(max_stride=8))[0]["stride"] == (1, 2, 4, 8)
+    assert grid_for_actions("quick", ActionConfig(max_stride=5))[0]["stride"] == (1, 2, 4, 5)
+    grid, notes = grid_for_actions("quick", ActionConfig(max_stride=2))  # shorter: left out, as fit_grid does
+    assert grid["stride"] == (1, 2) and len(notes) == 1 and "stride" in notes[0]
+    # Without a stride action, the grid is left as it is (the stride is not searched).
+    assert grid_for_actions("quick", ActionConfig(parameters=("eta",)))[0]["stride"] == GRIDS["quick"]["stride"]
+    with pytest.raises(ValueError, match="unknown grid 'huge'"):
+        grid_for_actions("huge", ActionConfig())
+
+
 def test_grid_values_outside_the_actions_are_caught_before_anything_runs(env_kwargs, monkeypatch):
     import orl_gym.evaluation as evaluation
     from orl_gym.evaluation import GRIDS, fit_grid
