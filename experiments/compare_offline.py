@@ -42,8 +42,7 @@ from orl_gym.collect import (
     default_dataset_id,
 )
 from orl_gym.configs import env_preset
-from orl_gym.data import PAPER_CATEGORIES, paper_category
-from orl_gym.env import EnvConfig, build_params
+from orl_gym.data import paper_category
 from orl_gym.evaluation import (
     GRIDS,
     MethodResult,
@@ -53,6 +52,7 @@ from orl_gym.evaluation import (
     grid_search_constant_action,
     paired_columns,
     paired_interval,
+    paper_categories_present,
 )
 from orl_gym.io import (
     atomic_open,
@@ -88,19 +88,6 @@ def with_paper_category(result: MethodResult) -> MethodResult:
     for row in result.rows:
         row["paper_category"] = paper_category(row["category"]) or row["category"]
     return result
-
-
-def available_categories(env_kwargs: dict) -> list[str]:
-    """The paper's categories that have test images here (a missing one is left out, not fatal)."""
-    found = []
-    for name in PAPER_CATEGORIES:
-        try:
-            build_params(EnvConfig.from_kwargs(**{**env_kwargs, "split": "test", "crop": "center",
-                                                  "categories": (name,)}))
-            found.append(name)
-        except ValueError:
-            pass
-    return found
 
 
 def run_command(argv: list[str]) -> None:
@@ -217,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             for algo in args.algos}
 
     # 3. Every method on the same test images and noise.
-    categories = available_categories(env_kwargs)
+    categories, _ = paper_categories_present(env_kwargs)  # one without test images here is left out
     common = dict(split="test", categories=categories, num_envs=args.n_envs, max_images=args.max_images, seed=0,
                   progress=progress)
     best_action, best_setting, grid_table = grid_search_constant_action(

@@ -42,8 +42,7 @@ import yaml
 
 from orl_gym.actions import PARAMETERS, ActionConfig, encode_params
 from orl_gym.agents import algorithm_class, hyperparams_entry
-from orl_gym.data import PAPER_CATEGORIES, resolve_source
-from orl_gym.env import EnvConfig, build_params
+from orl_gym.data import resolve_source
 from orl_gym.evaluation import (
     GRIDS,
     MethodResult,
@@ -58,6 +57,7 @@ from orl_gym.evaluation import (
     grid_search_constant_action,
     paired_columns,
     paired_interval,
+    paper_categories_present,
     paper_category,
     plot_policy_trace,
     plot_training_curves,
@@ -280,14 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if yaml.safe_load((run_dir / "config.yaml").read_text())["env_kwargs"] != env_kwargs:
             raise SystemExit(f"report_results: {run_dir} was trained on other env settings than {runs[args.main]}")
     actions = ActionConfig(**env_kwargs.get("actions", {}))
-    categories, missing = [], []
-    for name in PAPER_CATEGORIES:  # a category without images in the local data is reported, not fatal
-        try:
-            build_params(EnvConfig.from_kwargs(**{**env_kwargs, "split": "test", "crop": "center",
-                                                  "categories": (name,)}))
-            categories.append(name)
-        except ValueError as err:
-            missing.append(f"{name} ({str(err).splitlines()[0][:120]})")
+    categories, missing = paper_categories_present(env_kwargs)  # a missing category is reported, not fatal
     common = dict(split="test", categories=categories, num_envs=args.n_envs, max_images=args.max_images,
                   seed=args.seed, progress=True)
     keep = 4

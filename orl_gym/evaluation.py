@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from orl_gym.actions import PARAMETERS, ActionConfig, decode_action, encode_params
-from orl_gym.data import paper_category
+from orl_gym.data import PAPER_CATEGORIES, paper_category
 from orl_gym.env import EnvConfig, action_space, build_params, observation_space
 from orl_gym.evaluation_figures import comparison_grid, plot_policy_trace, plot_training_curves
 from orl_gym.io import atomic_open, atomic_write_text
@@ -56,6 +56,7 @@ __all__ = [
     "grid_search_constant_action",
     "paired_columns",
     "paired_interval",
+    "paper_categories_present",
     "paper_category",
     "plot_policy_trace",
     "plot_training_curves",
@@ -148,6 +149,20 @@ def env_spaces(env_kwargs: Mapping[str, Any], *, split: str, categories: Sequenc
     params are cached, so the evaluation that follows loads nothing twice)."""
     params = build_params(EnvConfig.from_kwargs(**_evaluation_kwargs(env_kwargs, split, categories, max_images)))
     return observation_space(params), action_space(params)
+
+
+def paper_categories_present(env_kwargs: Mapping[str, Any], split: str = "test") -> tuple[list[str], list[str]]:
+    """The paper's categories (``PAPER_CATEGORIES``) that have ``split`` images in the env's data,
+    and one note for each that has none here (its name and why), so that an experiment reports
+    a missing category instead of failing on it."""
+    present, missing = [], []
+    for name in PAPER_CATEGORIES:
+        try:
+            build_params(EnvConfig.from_kwargs(**_evaluation_kwargs(env_kwargs, split, (name,), None)))
+            present.append(name)
+        except ValueError as err:
+            missing.append(f"{name} ({str(err).splitlines()[0][:120]})")
+    return present, missing
 
 
 def _evaluation_kwargs(env_kwargs: Mapping[str, Any], split: str, categories: Sequence[str] | None,

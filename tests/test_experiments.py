@@ -104,6 +104,26 @@ def test_report_results_from_two_runs(preset, tmp_path):
         assert [r["unet_calls"] for r in plain] == [r["unet_calls"] for r in fixed]
         assert [r["psnr"] for r in plain] != [r["psnr"] for r in fixed]
 
+    # The headroom over the best constant, on the same run, images and noise as the report.
+    headroom = tmp_path / "headroom"
+    assert _script("constant_action_headroom").main(["--run", str(runs / "ppo"), "--report", str(out), "--policy-method",
+                                                     "PPO", "--out", str(headroom), "--max-images", "5",
+                                                     "--n-envs", "2"]) == 0
+    summary = json.loads(headroom.with_suffix(".json").read_text())
+    assert summary["test_images"] == 5 and len(summary["settings"]) == 3 * 5  # strides x (eta 0 | eta > 0 x noise)
+    # A constant setting scores each test image as the report scored it.
+    reported = json.loads((out / "summary.json").read_text())["best_constant"]
+    number = summary["settings"].index(reported)
+    best_rows = [float(r["reward"]) for r in per_image if r["method"] == "best constant"]
+    assert summary["test_reward"][number] == pytest.approx(sum(best_rows) / len(best_rows), abs=1e-9)
+    ppo_rows = [float(r["reward"]) for r in per_image if r["method"] == "PPO"]
+    assert summary["methods"]["PPO (report_results.py)"]["reward"] == pytest.approx(sum(ppo_rows) / len(ppo_rows))
+    methods = summary["methods"]
+    assert methods["best setting per image (optimistic)"]["reward"] >= methods["best constant per category"]["reward"]
+    assert methods["best constant"]["minus_best_constant"][0] == 0.0
+    text = headroom.with_suffix(".md").read_text()
+    assert "| Forest |" in text and "python experiments/constant_action_headroom.py --run" in text
+
 
 def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path):
     out = tmp_path / "bench_env.md"

@@ -71,6 +71,13 @@ def test_uniform_parameters_equal_ldm_superresolution_pipeline(tiny_model, eta, 
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
+# The batch size picks the CPU convolution kernels (their blocking and vector width), so a sample
+# computed in another batch agrees to float32 rounding, amplified over the chained steps, not bit
+# for bit: up to 1.4e-5 after 10 steps on an Intel Xeon, under 1e-5 on an AMD EPYC. A sample mixed
+# up with another or a parameter applied to the wrong sample moves values by 1e-2 and more.
+BATCH_ROUNDING = {"atol": 1e-4, "rtol": 1e-4}
+
+
 def test_batch_with_mixed_parameters_equals_each_sample_alone(tiny_model):
     schedule = Schedule.from_model(tiny_model, 10)
     lr = _lr(4, seed=1)
@@ -91,7 +98,7 @@ def test_batch_with_mixed_parameters_equals_each_sample_alone(tiny_model):
         single_plan = [_sample_params(p, i) for p in plan]
         alone = _run(tiny_model, schedule,
                      sampler.init_state(tiny_model, schedule, lr[i:i + 1], sampler.make_generators([seed])), single_plan)
-        torch.testing.assert_close(alone.latents[0], batch.latents[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.latents[0], batch.latents[i], **BATCH_ROUNDING)
         assert alone.nfe.item() == batch.nfe[i].item()
         assert alone.guidance_evals.item() == batch.guidance_evals[i].item()
 
@@ -225,5 +232,5 @@ def test_guidance_in_cpu_chunks_equals_one_pass(tiny_model, monkeypatch):
     one_pass = sampler.guide_x0(tiny_model, x0, lr, strength)
     monkeypatch.setattr(sampler, "GUIDANCE_CPU_CHUNK_PIXELS", 2 * (4 * LR_SIZE) ** 2)  # chunks of 2, 2, 1
     chunked = sampler.guide_x0(tiny_model, x0, lr, strength)
-    torch.testing.assert_close(chunked, one_pass, atol=1e-5, rtol=0)  # kernels differ by batch size
+    torch.testing.assert_close(chunked, one_pass, **BATCH_ROUNDING)  # kernels differ by batch size
     assert torch.equal(chunked[0], x0[0]) and not torch.equal(chunked[4], x0[4])  # strength 0 leaves x0 as is
