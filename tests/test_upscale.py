@@ -233,7 +233,7 @@ def test_cli_upscales_with_a_trained_run(tiny_model, tiny_folder, image_folder, 
                   "reward": {"lpips_net": None, "lpips_weight": 0.0}}
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    PPO("MultiInputPolicy", gym.make("orl_gym/LDMSR-v0", **env_kwargs), n_steps=8, seed=0).save(
+    PPO("MultiInputPolicy", gym.make("orl_gym/LDMSR-v0", **env_kwargs), n_steps=8, batch_size=8, seed=0).save(
         run / "checkpoints" / "best_model.zip")
     (run / "config.yaml").write_text(yaml.safe_dump({"algo": "ppo", "env_kwargs": env_kwargs}))
     source, target = tmp_path / "in.png", tmp_path / "out.jpg"
