@@ -18,8 +18,8 @@ validation and every test image of the paper's categories:
   reward: an optimistic bound (the pick also fits the image's noise draw), not a reachable number.
 
 With ``--report`` (a report_results.py folder on the same run), the policy's test rewards from its
-``per_image.csv`` are set beside them (``--policy-method`` when it holds several policies). Writes OUT.md and OUT.json (atomically) and prints the
-Markdown.
+``per_image.csv`` are set beside them (``--policy-method`` when it holds several policies).
+Writes OUT.md and OUT.json (atomically) and prints the Markdown.
 """
 
 from __future__ import annotations

@@ -120,7 +120,6 @@ def test_report_results_from_two_runs(preset, tmp_path):
     assert summary["methods"]["PPO (report_results.py)"]["reward"] == pytest.approx(sum(ppo_rows) / len(ppo_rows))
     methods = summary["methods"]
     assert methods["best setting per image (optimistic)"]["reward"] >= methods["best constant per category"]["reward"]
-    assert methods["best constant"]["minus_best_constant"][0] == 0.0
     text = headroom.with_suffix(".md").read_text()
     assert "| Forest |" in text and "python experiments/constant_action_headroom.py --run" in text
 
