@@ -20,7 +20,7 @@ from orl_gym.actions import ActionConfig, encode_params
 from orl_gym.agents import ALGORITHMS, algorithm_class
 from orl_gym.cli import build_parser, train
 from orl_gym.configs import env_preset
-from orl_gym.evaluation import SB3Policy, constant_policy, evaluate_method, paired_interval
+from orl_gym.evaluation import NO_RL, SB3Policy, constant_policy, evaluate_method, paired_interval
 from orl_gym.io import atomic_open, machine_description, rerun_command, write_report
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         env_kwargs["model"] = args.model
     common = dict(split="test", num_envs=args.n_envs, max_images=args.max_images, seed=0, progress=True)
-    reference = evaluate_method("No RL", constant_policy(encode_params(ActionConfig(**env_kwargs.get("actions", {})))),
+    reference = evaluate_method(NO_RL, constant_policy(encode_params(ActionConfig(**env_kwargs.get("actions", {})))),
                                 env_kwargs, **common)
     rows = [{"algo": "No RL (default sampler)", "train_minutes": 0.0, "result": reference}]
     for algo in args.algos:

@@ -44,7 +44,9 @@ from orl_gym.collect import (
 from orl_gym.configs import env_preset
 from orl_gym.data import paper_category
 from orl_gym.evaluation import (
+    BEST_CONSTANT,
     GRIDS,
+    NO_RL,
     MethodResult,
     constant_policy,
     evaluate_method,
@@ -225,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     ppo_training = json.loads((args.ppo_run / "training.json").read_text())
 
     methods = [
-        evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common),
+        evaluate_method(NO_RL, constant_policy(encode_params(actions)), env_kwargs, **common),
         evaluate_method("behaviour", behaviour, env_kwargs, **common),
-        evaluate_method("best constant", constant_policy(best_action), env_kwargs, **common),
+        evaluate_method(BEST_CONSTANT, constant_policy(best_action), env_kwargs, **common),
         evaluate_method("PPO", ppo_policy, env_kwargs, **common),
     ]
     for algo in args.algos:
@@ -237,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         with_paper_category(method)
     by_name = {m.name: m for m in methods}
     offline = [by_name[NAMES[a]] for a in args.algos]
-    cost = {"No RL": 0.0, "behaviour": 0.0, "best constant": float(grid_steps),
+    cost = {NO_RL: 0.0, "behaviour": 0.0, BEST_CONSTANT: float(grid_steps),
             "PPO": float(ppo_training["num_timesteps"]),
             **{NAMES[a]: float(runs[a]["training"]["dataset_env_steps"]) for a in args.algos}}
-    cost_note = {"No RL": "none", "behaviour": "none (it is the policy that collected the data)",
-                 "best constant": f"grid search: {len(grid_table)} settings x {args.grid_max_images} validation images",
+    cost_note = {NO_RL: "none", "behaviour": "none (it is the policy that collected the data)",
+                 BEST_CONSTANT: f"grid search: {len(grid_table)} settings x {args.grid_max_images} validation images",
                  "PPO": f"online training ({ppo_training['num_timesteps']:,} timesteps; its validation passes not counted)",
                  **{NAMES[a]: f"the shared dataset ({record['env_steps']:,} env steps once; 0 in training)"
                     for a in args.algos}}
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(category in ("all", row["paper_category"]) for row in methods[0].rows)
         lines.append(f"| {'**all**' if category == 'all' else category} | {n} | "
                      + " | ".join(fmt(mean_of(m, "reward", category), 4, True) for m in methods) + " |")
-    for base_name in ("behaviour", "best constant", "PPO"):
+    for base_name in ("behaviour", BEST_CONSTANT, "PPO"):
         base = by_name[base_name]
         lines += ["", f"## Paired per-image reward difference: offline policy minus {base_name}",
                   "", "Mean [95% t interval] over the category's images.", "",

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import sys
 import time
@@ -35,46 +34,34 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
-from orl_gym.actions import ActionConfig, encode_params
+from orl_gym.actions import ActionConfig
 from orl_gym.data import paper_category
 from orl_gym.evaluation import (
-    constant_policy,
-    evaluate_method,
+    BASELINE_METHODS,
+    BEST_CONSTANT,
+    evaluate_grid,
     grid_for_actions,
     paired_interval,
     paper_categories_present,
 )
 from orl_gym.io import atomic_write_text, machine_description, rerun_command, write_report
 
-# The "full" grid (its strides extended to the actions' max_stride by grid_for_actions) without
-# guidance: never the best setting in any report so far, and its decoder passes dominate CPU time.
-NO_GUIDANCE = {"guidance": (0.0,)}
-REPORT_BASELINES = ("bicubic", "Real-ESRGAN x4plus", "No RL", "best constant")
+GRID = "no_guidance"  # orl_gym.evaluation.GRIDS: the full grid without guidance (never best so far;
+# its decoder passes dominate CPU time), strides extended to the actions' max_stride.
 
 
 def rewards_by_setting(env_kwargs: dict, actions: ActionConfig, grid: dict, split: str, categories: list[str],
                        n_envs: int, seed: int, max_images: int | None) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
-    """Every grid setting on every image of the split: (settings, image indices (N,), paper
-    categories (N,), rewards (N, settings))."""
-    names = [p for p in actions.parameters if p in grid]
-    settings = [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
-    # At eta 0 no fresh noise is added, so the noise scale changes nothing: keep one of those.
-    settings = [s for s in settings if s.get("eta", 1.0) > 0 or s.get("noise_scale", 1.0) == 1.0]
-    index, rewards = None, []
-    for setting in tqdm(settings, desc=f"grid on {split}", unit="setting"):
-        result = evaluate_method("constant", constant_policy(encode_params(actions, **setting)), env_kwargs,
-                                 split=split, categories=categories, num_envs=n_envs, max_images=max_images, seed=seed,
-                                 progress=False)
-        rows = sorted(result.rows, key=lambda row: row["image_index"])
-        if index is None:
-            index = np.array([int(row["image_index"]) for row in rows])
-            category = np.array([paper_category(row["category"]) or row["category"] for row in rows])
-        elif not np.array_equal(index, [int(row["image_index"]) for row in rows]):
-            raise RuntimeError(f"{split}: the settings were scored on different images (an unreadable file?)")
-        rewards.append([row["reward"] for row in rows])
-    return settings, index, category, np.array(rewards, dtype=np.float64).T
+    """Every grid setting on every image of the split (orl_gym.evaluation.evaluate_grid): (settings,
+    image indices (N,), paper categories (N,), rewards (N, settings))."""
+    evaluated = evaluate_grid(env_kwargs, actions, grid=grid, split=split, categories=categories, num_envs=n_envs,
+                              max_images=max_images, seed=seed)
+    rows = evaluated[0][1].rows  # evaluate_grid checks that every setting has these images, in this order
+    index = np.array([int(row["image_index"]) for row in rows])
+    category = np.array([paper_category(row["category"]) or row["category"] for row in rows])
+    rewards = np.stack([result.column("reward") for _, result in evaluated], axis=1)
+    return [setting for setting, _ in evaluated], index, category, rewards
 
 
 def report_policy_rewards(per_image: Path, method: str | None) -> tuple[str, dict[int, float]]:
@@ -86,7 +73,7 @@ def report_policy_rewards(per_image: Path, method: str | None) -> tuple[str, dic
     with open(per_image, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if method is None:
-        policies = sorted({row["method"] for row in rows} - set(REPORT_BASELINES))
+        policies = sorted({row["method"] for row in rows} - set(BASELINE_METHODS))
         policies = [name for name in policies if " + " not in name]
         if len(policies) != 1:
             raise SystemExit(f"constant_action_headroom: {per_image} holds the policies {policies}; name one with "
@@ -122,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load(config_path.read_text())
     env_kwargs = config["env_kwargs"]
     actions = ActionConfig(**env_kwargs.get("actions", {}))
-    grid, _ = grid_for_actions("full", actions)
-    grid = {**grid, **{k: v for k, v in NO_GUIDANCE.items() if k in grid}}
+    grid, _ = grid_for_actions(GRID, actions)
     categories, _ = paper_categories_present(env_kwargs)  # as report_results.py: one without images is left out
 
     settings, _, validation_category, validation = rewards_by_setting(
@@ -137,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                          if (validation_category == c).any() else best for c in categories}
     by_category = np.array([test[i, per_category_pick[c]] for i, c in enumerate(test_category)])
     per_image = test.max(axis=1)
-    methods = {"best constant": constant, "best constant per category": by_category,
+    methods = {BEST_CONSTANT: constant, "best constant per category": by_category,
                "best setting per image (optimistic)": per_image}
     if args.report:
         name, policy = report_policy_rewards(args.report / "per_image.csv", args.policy_method)

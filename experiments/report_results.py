@@ -44,7 +44,10 @@ from orl_gym.actions import PARAMETERS, ActionConfig, encode_params
 from orl_gym.agents import algorithm_class, hyperparams_entry
 from orl_gym.data import resolve_source
 from orl_gym.evaluation import (
+    BEST_CONSTANT,
     GRIDS,
+    NO_RL,
+    REALESRGAN_METHOD,
     MethodResult,
     PolicyTrace,
     SB3Policy,
@@ -291,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         max_images=args.grid_max_images, seed=args.seed)
 
     default_sampler = constant_policy(encode_params(actions))  # stride 1, eta 0, noise 1, no guidance
-    no_rl = evaluate_method("No RL", default_sampler, env_kwargs, keep_images=keep, **common)
-    best = evaluate_method("best constant", constant_policy(best_action), env_kwargs, keep_images=keep, **common)
+    no_rl = evaluate_method(NO_RL, default_sampler, env_kwargs, keep_images=keep, **common)
+    best = evaluate_method(BEST_CONSTANT, constant_policy(best_action), env_kwargs, keep_images=keep, **common)
     policies: dict[str, MethodResult] = {}
     trace, num_train, main_agent = None, 1000, None
     for name, run_dir in runs.items():
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_fix != "none":
         fixed_kwargs = {**env_kwargs, "output_fix": args.output_fix}
         suffix = f" + {OUTPUT_FIX_NAMES[args.output_fix]}"
-        fixed = [evaluate_method("No RL" + suffix, default_sampler, fixed_kwargs, **common),
+        fixed = [evaluate_method(NO_RL + suffix, default_sampler, fixed_kwargs, **common),
                  evaluate_method(NAMES.get(args.main, args.main) + suffix, SB3Policy(main_agent), fixed_kwargs,
                                  **common)]
     peers = [bicubic_result(no_rl)]
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         from orl_gym.realesrgan import load_realesrgan_x4plus
 
         upsampler = load_realesrgan_x4plus(env_kwargs.get("device", "cpu"))
-        peers.append(evaluate_upsampler("Real-ESRGAN x4plus", upsampler, env_kwargs, split="test",
+        peers.append(evaluate_upsampler(REALESRGAN_METHOD, upsampler, env_kwargs, split="test",
                                         categories=categories, max_images=args.max_images, keep_images=keep))
     for method in [*peers, no_rl, best, *policies.values(), *fixed]:
         with_paper_category(method)

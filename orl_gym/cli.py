@@ -231,6 +231,8 @@ def evaluate(args: argparse.Namespace) -> Path:
     from orl_gym.actions import ActionConfig, encode_params
     from orl_gym.agents import algorithm_class
     from orl_gym.evaluation import (
+        BEST_CONSTANT,
+        NO_RL,
         SB3Policy,
         constant_policy,
         env_spaces,
@@ -283,13 +285,13 @@ def evaluate(args: argparse.Namespace) -> Path:
                   f"{'; '.join(grid_changes)}", file=sys.stderr)
     common = dict(split=args.split, categories=args.categories, num_envs=args.n_envs, max_images=args.max_images,
                   seed=args.seed, keep_images=args.grid_images, progress=not args.no_progress)
-    results = [evaluate_method("No RL", constant_policy(encode_params(actions)), env_kwargs, **common)]
+    results = [evaluate_method(NO_RL, constant_policy(encode_params(actions)), env_kwargs, **common)]
     grid_note = "grid search skipped (--no-grid)"
     if grid is not None:
         action, setting, table = grid_search_constant_action(env_kwargs, actions, grid=grid, split="validation",
                                                              num_envs=args.n_envs, max_images=args.grid_max_images,
                                                              seed=args.seed, progress=not args.no_progress)
-        results.append(evaluate_method("best constant", constant_policy(action), env_kwargs, **common))
+        results.append(evaluate_method(BEST_CONSTANT, constant_policy(action), env_kwargs, **common))
         grid_note = (f"best constant action {setting} from the '{args.grid}' grid of {len(table)} settings"
                      f"{' (fitted to the actions: ' + '; '.join(grid_changes) + ')' if grid_changes else ''}, "
                      f"chosen by mean reward on {args.grid_max_images} validation images")
@@ -302,7 +304,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         f"{grid_note}; output fix: {env_kwargs.get('output_fix', 'none')}. "
         f"Command: `{' '.join(shlex.quote(a) for a in ['orl-gym', *sys.argv[1:]])}`",
     ])
-    paths = write_report(results, out_dir, rl_name="RL", baselines=("No RL", "best constant"),
+    paths = write_report(results, out_dir, rl_name="RL", baselines=(NO_RL, BEST_CONSTANT),
                          grid_images=args.grid_images, header=header)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({"model": str(model_path), "algo": algo,
                                                                "env_kwargs": env_kwargs, **{k: v for k, v in vars(args).items() if k != "func"}}, sort_keys=False))
@@ -489,8 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=64, help="images per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-grid", action="store_true", help="skip the best-constant-action grid search")
-    p.add_argument("--grid", default="full", choices=("full", "quick"),
-                   help="constant-action grid: full (36 settings) or quick (6, no guidance)")
+    p.add_argument("--grid", default="full", choices=("full", "quick", "no_guidance"),
+                   help="constant-action grid (orl_gym.evaluation.GRIDS): full (stride x eta x noise scale x "
+                        "guidance: 30 samplers at max_stride 4, the noise scale being moot at eta 0), no_guidance "
+                        "(15) or quick (6); strides extended to the actions' max_stride")
     p.add_argument("--grid-max-images", type=int, default=64, help="validation images per grid setting")
     p.add_argument("--grid-images", type=int, default=4, help="images in the comparison PNG")
     p.add_argument("--out", help="report folder (default: RUN/evaluation, or MODEL/evaluation next to a "
@@ -524,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "setting of --grid per episode) or a trained run folder (default random)")
     p.add_argument("--action", nargs="+", metavar="KEY=VALUE", help="sampler parameters of --policy constant, "
                    "e.g. stride=4 eta=1 noise_scale=0.8 (the others: plain DDIM's)")
-    p.add_argument("--grid", default="quick", choices=("full", "quick"), help="grid of --policy grid (default quick)")
+    p.add_argument("--grid", default="quick", choices=("full", "quick", "no_guidance"),
+                   help="grid of --policy grid (default quick)")
     p.add_argument("--episodes", type=int, default=1024, help="episodes (images) to collect (default 1024)")
     p.add_argument("--n-envs", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--seed", type=int, default=0)

@@ -41,8 +41,13 @@ from orl_gym.precision import ieee_float32
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 __all__ = [
+    "BASELINE_METHODS",
+    "BEST_CONSTANT",
+    "BICUBIC_METHOD",
     "DEFAULT_GRID",
     "GRIDS",
+    "NO_RL",
+    "REALESRGAN_METHOD",
     "MethodResult",
     "PolicyTrace",
     "SB3Policy",
@@ -53,7 +58,9 @@ __all__ = [
     "comparison_grid",
     "fit_grid",
     "grid_for_actions",
+    "evaluate_grid",
     "grid_search_constant_action",
+    "grid_settings",
     "paired_columns",
     "paired_interval",
     "paper_categories_present",
@@ -69,14 +76,23 @@ BICUBIC = {"psnr": "bicubic_psnr", "ssim": "bicubic_ssim", "lpips": "bicubic_lpi
            "lr_consistency": "bicubic_lr_consistency"}
 IDENTITY = ("image_index", "category", "name", "label")  # what identifies a row's image, in every method
 
-# The constant-action grid: 3 x 3 x 2 x 2 = 36 settings of (stride, eta, noise scale, guidance).
+# The baselines' method names in every report (``orl-gym evaluate``, report_results.py,
+# compare_offline.py): a script that reads a report's per-image CSV tells them from the policies by these.
+NO_RL, BEST_CONSTANT, BICUBIC_METHOD, REALESRGAN_METHOD = "No RL", "best constant", "bicubic", "Real-ESRGAN x4plus"
+BASELINE_METHODS = (BICUBIC_METHOD, REALESRGAN_METHOD, NO_RL, BEST_CONSTANT)
+
+# The constant-action grid: 3 x 3 x 2 x 2 = 36 settings of (stride, eta, noise scale, guidance),
+# 30 samplers (grid_settings: at eta 0 the noise scale changes nothing).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "stride": (1, 2, 4), "eta": (0.0, 0.5, 1.0), "noise_scale": (0.8, 1.0), "guidance": (0.0, 0.3),
 }
-# A quick grid for CPU demos: 3 x 2 = 6 settings, no guidance (its decoder passes dominate CPU time).
+# "quick", for CPU demos: 3 x 2 = 6 settings, no guidance (its decoder passes dominate CPU time).
+# "no_guidance": the full grid without guidance, which no report has found best so far.
+# (grid_settings drops the eta-0 settings whose noise scale is not 1: the same sampler.)
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "full": DEFAULT_GRID,
     "quick": {"stride": (1, 2, 4), "eta": (0.0, 1.0), "noise_scale": (1.0,), "guidance": (0.0,)},
+    "no_guidance": {**DEFAULT_GRID, "guidance": (0.0,)},
 }
 
 
@@ -268,12 +284,73 @@ def _run_episodes(env: LDMSuperResolutionVectorEnv, name: str, policy: Policy, *
     return MethodResult(name=name, rows=rows, images=images)
 
 
+def grid_settings(grid: Mapping[str, Sequence[float]], actions: ActionConfig) -> list[dict[str, float]]:
+    """The grid's settings of the parameters ``actions`` controls (their product, in the actions'
+    parameter order), each sampler once.
+
+    At eta 0 DDIM adds no fresh noise, so the noise scale changes nothing: of the eta-0 settings
+    that differ only in it, the one with noise scale 1 (else the first) is kept, and a search does
+    not spend evaluations on copies. Values are not checked here (:func:`fit_grid` does).
+    """
+    names = [p for p in actions.parameters if p in grid]
+    settings = [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
+    if "eta" not in names or "noise_scale" not in names:
+        return settings
+    kept, seen = [], {}
+    for setting in settings:
+        if setting["eta"] != 0:
+            kept.append(setting)
+            continue
+        key = tuple((n, v) for n, v in setting.items() if n != "noise_scale")
+        if key not in seen:
+            seen[key] = len(kept)
+            kept.append(setting)
+        elif setting["noise_scale"] == 1.0:
+            kept[seen[key]] = setting
+    return kept
+
+
+def evaluate_grid(
+    env_kwargs: Mapping[str, Any],
+    actions: ActionConfig,
+    *,
+    grid: Mapping[str, Sequence[float]] = DEFAULT_GRID,
+    split: str = "validation",
+    categories: Sequence[str] | None = None,
+    num_envs: int = 64,
+    max_images: int | None = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[tuple[dict[str, float], MethodResult]]:
+    """Every setting of the grid (:func:`grid_settings`) as a constant action on the same images
+    and noise: (setting, its per-image results), in grid order.
+
+    Every grid value must be one the actions can take (checked before anything runs; see
+    :func:`fit_grid` to leave the others out). Parameters the actions do not control are not
+    searched. RuntimeError if two settings were scored on different images.
+    """
+    _, dropped = fit_grid(grid, actions)
+    if dropped:
+        raise ValueError(f"grid: {'; '.join(dropped)}; leave those values out of the grid (fit_grid() does)")
+    evaluated: list[tuple[dict[str, float], MethodResult]] = []
+    for setting in tqdm(grid_settings(grid, actions), desc=f"grid on {split}", unit="setting", disable=not progress):
+        result = evaluate_method("constant", constant_policy(encode_params(actions, **setting)), env_kwargs,
+                                 split=split, categories=categories, num_envs=num_envs, max_images=max_images,
+                                 seed=seed, progress=False)
+        if evaluated and [r["image_index"] for r in result.rows] != [r["image_index"] for r in evaluated[0][1].rows]:
+            raise RuntimeError(f"grid on {split}: the settings {evaluated[0][0]} and {setting} were scored on "
+                               "different images (a file became unreadable during the search?)")
+        evaluated.append((setting, result))
+    return evaluated
+
+
 def grid_search_constant_action(
     env_kwargs: Mapping[str, Any],
     actions: ActionConfig,
     *,
     grid: Mapping[str, Sequence[float]] = DEFAULT_GRID,
     split: str = "validation",
+    categories: Sequence[str] | None = None,
     num_envs: int = 64,
     max_images: int | None = 64,
     seed: int = 0,
@@ -281,23 +358,16 @@ def grid_search_constant_action(
 ) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
     """The constant action with the highest mean reward on ``split``: (action, its parameters, table).
 
-    Every grid value must be one the actions can take (checked before anything runs; see
-    :func:`fit_grid` to leave the others out). Parameters the actions do not control are not searched.
+    The table has one row per setting (:func:`evaluate_grid`, whose per-image results this keeps
+    only as means): the setting, its mean reward, PSNR and UNet calls.
     """
-    _, dropped = fit_grid(grid, actions)
-    if dropped:
-        raise ValueError(f"grid: {'; '.join(dropped)}; leave those values out of the grid (fit_grid() does)")
-    names = [p for p in actions.parameters if p in grid]
-    table = []
-    for values in tqdm(list(itertools.product(*(grid[n] for n in names))), desc="grid search", unit="setting",
-                       disable=not progress):
-        setting = dict(zip(names, values, strict=True))
-        result = evaluate_method("constant", constant_policy(encode_params(actions, **setting)), env_kwargs,
-                                 split=split, num_envs=num_envs, max_images=max_images, seed=seed, progress=False)
-        table.append({**setting, "reward": float(result.column("reward").mean()),
-                      "psnr": float(result.column("psnr").mean()), "unet_calls": float(result.column("unet_calls").mean())})
-    best = max(table, key=lambda row: row["reward"])
-    setting = {n: best[n] for n in names}
+    evaluated = evaluate_grid(env_kwargs, actions, grid=grid, split=split, categories=categories,
+                              num_envs=num_envs, max_images=max_images, seed=seed, progress=progress)
+    table = [{**setting, "reward": float(result.column("reward").mean()),
+              "psnr": float(result.column("psnr").mean()), "unet_calls": float(result.column("unet_calls").mean())}
+             for setting, result in evaluated]
+    best = max(range(len(table)), key=lambda i: table[i]["reward"])
+    setting = evaluated[best][0]
     return encode_params(actions, **setting), setting, table
 
 
@@ -475,7 +545,7 @@ def bicubic_result(reference: MethodResult) -> MethodResult:
                      **{k: v for k, v in row.items() if k.startswith("bicubic_")},
                      **{m: row[b] for m, b in BICUBIC.items() if b in row},
                      **terms, "unet_calls": 0.0, "nfe": 0.0, "seconds": math.nan, "reward": 0.0})
-    return MethodResult(name="bicubic", rows=rows)
+    return MethodResult(name=BICUBIC_METHOD, rows=rows)
 
 
 def paired_columns(a: MethodResult, b: MethodResult, key: str, *, category: str | None = None,
@@ -515,7 +585,7 @@ def write_report(
     out_dir: str | Path,
     *,
     rl_name: str = "RL",
-    baselines: Sequence[str] = ("No RL", "best constant"),
+    baselines: Sequence[str] = (NO_RL, BEST_CONSTANT),
     grid_images: int = 4,
     header: str = "",
 ) -> dict[str, Path]:

@@ -8,11 +8,14 @@ import pytest
 from orl_gym.actions import ActionConfig, encode_params
 from orl_gym.data import DataConfig, PairDataset
 from orl_gym.evaluation import (
+    MethodResult,
     PolicyTrace,
     constant_policy,
+    evaluate_grid,
     evaluate_method,
     evaluate_upsampler,
     grid_search_constant_action,
+    grid_settings,
     paired_interval,
     paper_categories_present,
     paper_category,
@@ -69,6 +72,47 @@ def test_grid_search_picks_the_best_setting(env_kwargs):
     assert setting["stride"] in (1, 4) and max(row["reward"] for row in table) == next(
         row["reward"] for row in table if row["stride"] == setting["stride"])
     assert action.shape == (4,)
+
+
+def test_grid_settings_keep_one_eta_zero_sampler_per_noise_scale(env_kwargs):
+    # At eta 0 DDIM adds no fresh noise, so settings that differ only in noise scale are the same
+    # sampler (checked here on the env: same per-image rewards), and a grid evaluates it once.
+    grid = {"stride": (1, 2), "eta": (0.0, 1.0), "noise_scale": (0.8, 1.0)}
+    settings = grid_settings(grid, ActionConfig())
+    assert len(settings) == 2 * (1 + 2)
+    assert [s["noise_scale"] for s in settings if s["eta"] == 0] == [1.0, 1.0]
+    assert {(s["stride"], s["noise_scale"]) for s in settings if s["eta"] == 1} == {(1, 0.8), (1, 1.0), (2, 0.8), (2, 1.0)}
+    assert grid_settings({"stride": (1, 2), "eta": (0.0,), "noise_scale": (0.5, 0.8)}, ActionConfig()) == [
+        {"stride": 1, "eta": 0.0, "noise_scale": 0.5}, {"stride": 2, "eta": 0.0, "noise_scale": 0.5}]
+
+    def rewards(**setting):
+        return evaluate_method("c", constant_policy(encode_params(ActionConfig(), **setting)), env_kwargs, split="train",
+                               num_envs=3, max_images=3, progress=False).column("reward")
+
+    np.testing.assert_array_equal(rewards(eta=0.0, noise_scale=0.8), rewards(eta=0.0, noise_scale=1.0))
+    assert not np.array_equal(rewards(eta=1.0, noise_scale=0.8), rewards(eta=1.0, noise_scale=1.0))
+
+
+def test_evaluate_grid_keeps_every_settings_images_and_checks_they_agree(env_kwargs, monkeypatch):
+    evaluated = evaluate_grid(env_kwargs, ActionConfig(), grid={"stride": (1, 4), "eta": (0.0,)}, split="train",
+                              num_envs=3, max_images=3, progress=False)
+    assert [setting for setting, _ in evaluated] == [{"stride": 1, "eta": 0.0}, {"stride": 4, "eta": 0.0}]
+    direct = evaluate_method("c", constant_policy(encode_params(ActionConfig(), stride=4)), env_kwargs, split="train",
+                             num_envs=3, max_images=3, progress=False)
+    np.testing.assert_array_equal(evaluated[1][1].column("reward"), direct.column("reward"))
+    assert set(evaluated[1][1].column("unet_calls")) == {1.0}
+
+    import orl_gym.evaluation as evaluation
+
+    calls = []
+
+    def shifting(*args, **kwargs):  # each setting scored on other images: must not be averaged as if paired
+        calls.append(1)
+        return MethodResult(name="c", rows=[{"image_index": len(calls), "reward": 0.0}])
+
+    monkeypatch.setattr(evaluation, "evaluate_method", shifting)
+    with pytest.raises(RuntimeError, match="different images"):
+        evaluate_grid(env_kwargs, ActionConfig(), grid={"stride": (1, 4)}, split="train", progress=False)
 
 
 def test_upsampler_scored_on_the_env_images_and_inputs(env_kwargs):
