@@ -345,24 +345,15 @@ def evaluate_grid(
 
 
 def grid_search_constant_action(
-    env_kwargs: Mapping[str, Any],
-    actions: ActionConfig,
-    *,
-    grid: Mapping[str, Sequence[float]] = DEFAULT_GRID,
-    split: str = "validation",
-    categories: Sequence[str] | None = None,
-    num_envs: int = 64,
-    max_images: int | None = 64,
-    seed: int = 0,
-    progress: bool = True,
+    env_kwargs: Mapping[str, Any], actions: ActionConfig, **grid_kwargs: Any
 ) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
-    """The constant action with the highest mean reward on ``split``: (action, its parameters, table).
+    """The constant action with the highest mean reward: (action, its parameters, table).
 
-    The table has one row per setting (:func:`evaluate_grid`, whose per-image results this keeps
-    only as means): the setting, its mean reward, PSNR and UNet calls.
+    ``grid_kwargs`` are :func:`evaluate_grid`'s (grid, split (default validation), categories,
+    num_envs, max_images, seed, progress). The table has one row per setting, its per-image
+    results kept only as means: the setting, its mean reward, PSNR and UNet calls.
     """
-    evaluated = evaluate_grid(env_kwargs, actions, grid=grid, split=split, categories=categories,
-                              num_envs=num_envs, max_images=max_images, seed=seed, progress=progress)
+    evaluated = evaluate_grid(env_kwargs, actions, **grid_kwargs)
     table = [{**setting, "reward": float(result.column("reward").mean()),
               "psnr": float(result.column("psnr").mean()), "unet_calls": float(result.column("unet_calls").mean())}
              for setting, result in evaluated]
