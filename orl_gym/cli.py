@@ -24,6 +24,10 @@ import yaml
 
 from orl_gym.configs import load_yaml_mapping, parse_yaml_value, yaml_error_summary
 
+# The names of orl_gym.evaluation.GRIDS, for --grid without importing the evaluation stack (torch,
+# the env) to build the parser; tests/test_cli.py checks that the two agree.
+GRID_NAMES = ("full", "quick", "no_guidance")
+
 __all__ = ["main"]
 
 DEFAULT_RUNS = Path("runs")
@@ -491,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=64, help="images per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-grid", action="store_true", help="skip the best-constant-action grid search")
-    p.add_argument("--grid", default="full", choices=("full", "quick", "no_guidance"),
+    p.add_argument("--grid", default="full", choices=GRID_NAMES,
                    help="constant-action grid (orl_gym.evaluation.GRIDS): full (stride x eta x noise scale x "
                         "guidance: 30 samplers at max_stride 4, the noise scale being moot at eta 0), no_guidance "
                         "(15) or quick (6); strides extended to the actions' max_stride")
@@ -528,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "setting of --grid per episode) or a trained run folder (default random)")
     p.add_argument("--action", nargs="+", metavar="KEY=VALUE", help="sampler parameters of --policy constant, "
                    "e.g. stride=4 eta=1 noise_scale=0.8 (the others: plain DDIM's)")
-    p.add_argument("--grid", default="quick", choices=("full", "quick", "no_guidance"),
+    p.add_argument("--grid", default="quick", choices=GRID_NAMES,
                    help="grid of --policy grid (default quick)")
     p.add_argument("--episodes", type=int, default=1024, help="episodes (images) to collect (default 1024)")
     p.add_argument("--n-envs", type=int, default=64, help="images per batch (default 64)")

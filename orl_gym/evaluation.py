@@ -88,7 +88,6 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
 }
 # "quick", for CPU demos: 3 x 2 = 6 settings, no guidance (its decoder passes dominate CPU time).
 # "no_guidance": the full grid without guidance, which no report has found best so far.
-# (grid_settings drops the eta-0 settings whose noise scale is not 1: the same sampler.)
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "full": DEFAULT_GRID,
     "quick": {"stride": (1, 2, 4), "eta": (0.0, 1.0), "noise_scale": (1.0,), "guidance": (0.0,)},

@@ -285,3 +285,15 @@ def test_grid_values_outside_the_runs_actions(preset, tmp_path, capsys):
     err = _one_line_error(capsys)
     assert "--grid quick: grid: none of the eta values" in err and "use --no-grid" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_grid_choices_are_the_evaluation_grids():
+    # The parser lists the grid names without importing orl_gym.evaluation; they must not drift apart.
+    from orl_gym.cli import GRID_NAMES, build_parser
+    from orl_gym.evaluation import GRIDS
+
+    assert GRID_NAMES == tuple(GRIDS)
+    for command in (["evaluate", "RUN"], ["collect"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--grid", "no_such_grid"])
+        assert build_parser().parse_args([*command, "--grid", "no_guidance"]).grid == "no_guidance"
