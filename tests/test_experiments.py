@@ -466,3 +466,41 @@ def test_decode_capture_records_and_restores(tiny_model):
     assert len(seen) == 1 and torch.equal(seen[0], latents)
     assert "decode" not in vars(vqvae)  # the class's own method again
     assert torch.equal(vqvae.decode(latents).sample, inside)
+
+
+def _groupnorm_windows(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # it imports its sibling upscale_example
+    return _script("upscale_groupnorm_windows")
+
+
+def test_windows_sharing_groupnorm_statistics_normalise_as_the_whole_image(monkeypatch):
+    script = _groupnorm_windows(monkeypatch)
+    torch = pytest.importorskip("torch")
+    norm = torch.nn.GroupNorm(4, 8)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    whole = torch.randn(1, 8, 48, 40, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    expected = norm(whole)
+    shared = script.WholeImageGroupNorm(norm)
+    windows, weights = script._windows(48, 40, overlap=8)
+    assert len(windows) > 1  # 32 px windows on 48 x 40: several, overlapping
+    batch = torch.cat([whole[:, :, top:top + 32, left:left + 32] for (top, _, _), (left, _, _) in windows])
+    own = script._stitch(norm(batch), windows, 48, 40, 1)  # weights unset: each window's own statistics
+    shared.weights = weights
+    assert torch.allclose(script._stitch(norm(batch), windows, 48, 40, 1), expected, atol=1e-5)
+    assert not torch.allclose(own, expected, atol=1e-2)
+    shared.weights = None
+    assert torch.equal(norm(whole), expected)  # off again: plain GroupNorm
+
+
+def test_windowed_sampling_of_one_window_is_the_untiled_run(monkeypatch, tiny_model):
+    script = _groupnorm_windows(monkeypatch)
+    torch = pytest.importorskip("torch")
+    from orl_gym.upscale import sampler_from_name, upscale_tiles
+
+    tiles = sampler_from_name("ddim4", model=tiny_model)
+    lr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    untiled = upscale_tiles(lr, tiles, tile="whole", seed=0).image
+    for shared in (False, True):
+        assert torch.allclose(script.windowed_sample(tiles, lr, 8, shared=shared), untiled, atol=1e-5)
+    larger = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(4))
+    assert script.windowed_sample(tiles, larger, 8, shared=True).shape == (3, 192, 192)
