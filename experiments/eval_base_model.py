@@ -180,7 +180,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if set(fixes) - set(OUTPUT_FIXES):
         raise SystemExit(f"--output-fixes: unknown {sorted(set(fixes) - set(OUTPUT_FIXES))}; choose from "
                          f"{list(OUTPUT_FIXES)}")
-    methods = ["bicubic", "vq_reconstruction", *samplers,
+    # A network-anchored model's regression alone (its output with a zero residual), beside bicubic.
+    anchored = model.latent_target.anchor == "network"
+    methods = ["bicubic", *(["anchor_network"] if anchored else []), "vq_reconstruction", *samplers,
                *(f"{sampler}{FIX_SEPARATOR}{fix}" for sampler in samplers for fix in fixes)]
     results: dict = {"datasets": {}, "lpips": lpips_note}
     timing: dict[str, float] = {}
@@ -209,6 +211,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                 outputs["bicubic"] = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic",
                                                    align_corners=False).clamp(0, 1)
                 seconds["bicubic"] += clock() - start
+                if anchored:
+                    start = clock()
+                    with torch.no_grad():
+                        outputs["anchor_network"] = target.anchor_image(lr, hr.shape[-2:]).clamp(0, 1).float()
+                    seconds["anchor_network"] += clock() - start
                 start = clock()
                 with torch.no_grad():
                     z = model.vqvae.encode(target.vq_input(hr, lr)).latents
@@ -269,6 +276,7 @@ def markdown(results: dict) -> str:
     """The card's evaluation section: one table per dataset, the targets and whether they are met."""
     setup = results["setup"]
     label = {"bicubic": "bicubic x4", "vq_reconstruction": "VQ reconstruction (upper bound)",
+             "anchor_network": "anchor network alone (regression CNN, a zero residual)",
              "ddim20_eta0": "LDM, DDIM 20 steps, eta 0 (the env's No RL)",
              "ddim100_eta0": "LDM, DDIM 100 steps, eta 0 (pipeline default)",
              "ddim50_eta1": "LDM, DDIM 50 steps, eta 1"}

@@ -15,6 +15,10 @@ Examples::
     # fine-tune the shipped model's UNet (its autoencoder frozen) for 2,000 steps
     ORL_GYM_DATA=../shared/data python experiments/train_ldm.py --out /tmp/ft --init-from bundled \\
         --init-stages vq,unet --stages unet --unet-steps 2000 --unet-lr 2e-4 --unet-warmup 50
+    # a residual model over a regression CNN (stage 0 first, then the VQ and UNet over it)
+    ORL_GYM_DATA=../shared/data python experiments/train_ldm.py --out /tmp/anchored \
+        --latent-target residual --latent-anchor network --stages anchor,vq,decoder,unet \
+        --anchor-minutes 25 --unet-crop 128 --unet-batch-size 32 --prediction-type v_prediction
 """
 
 from __future__ import annotations

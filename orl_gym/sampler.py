@@ -386,7 +386,8 @@ def guidance_cost_in_unet_calls(model: LDMSR, latent_size: tuple[int, int]) -> f
     The backward pass needs input gradients only (the weights are frozen), about the forward's
     FLOPs again, so the cost is 2 x FLOPs(decode) / FLOPs(UNet) for one sample at this size.
     Deterministic, unlike a timing. (Wall time on a CPU is higher still: the decoder works at
-    full output resolution and is memory-bound.)
+    full output resolution and is memory-bound.) A network-anchored residual model also runs its
+    anchor network forward on the LR image (no backward: the anchor does not depend on x0).
     """
     from orl_gym.profiling import count_flops
 
@@ -394,7 +395,11 @@ def guidance_cost_in_unet_calls(model: LDMSR, latent_size: tuple[int, int]) -> f
     latents = torch.zeros(1, model.latent_channels, height, width, device=model.device, dtype=model.dtype)
     unet_input = torch.zeros(1, model.latent_channels + 3, height, width, device=model.device, dtype=model.dtype)
     unet_flops = count_flops(model.unet, unet_input, torch.zeros(1, dtype=torch.long, device=model.device))
-    return 2.0 * count_flops(model.vqvae.decode, latents) / max(unet_flops, 1)
+    flops = 2.0 * count_flops(model.vqvae.decode, latents)
+    if model.latent_target.anchor == "network":  # the LR image has the latent's side
+        lr = torch.zeros(1, 3, height, width, device=model.device, dtype=model.dtype)
+        flops += count_flops(model.latent_target.network, lr)
+    return flops / max(unet_flops, 1)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ Tiny seeded random models (no downloads); the env cases use the session's small 
 from __future__ import annotations
 
 import json
+import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -16,7 +17,7 @@ import orl_gym
 from orl_gym import sampler
 from orl_gym.actions import encode_params
 from orl_gym.data import upsample_bicubic
-from orl_gym.models import LatentTarget, LDMSRArchitecture, ModelLoadError, load_ldmsr
+from orl_gym.models import AnchorNet, LatentTarget, LDMSRArchitecture, ModelLoadError, load_ldmsr
 from orl_gym.rewards import bicubic_upsample
 from orl_gym.sampler import Schedule, StepParams
 
@@ -54,7 +55,7 @@ def test_vq_input_and_image_are_inverse_and_anchor_is_the_reward_baseline():
     x = RESIDUAL.vq_input(hr, lr)
     torch.testing.assert_close(RESIDUAL.image(x, lr), hr, atol=1e-6, rtol=0)
     # The anchor is exactly the bicubic image the reward scores as 0.
-    torch.testing.assert_close(RESIDUAL.anchor(lr, (32, 32)), bicubic_upsample(lr, (32, 32)), atol=0, rtol=0)
+    torch.testing.assert_close(RESIDUAL.anchor_image(lr, (32, 32)), bicubic_upsample(lr, (32, 32)), atol=0, rtol=0)
     torch.testing.assert_close(RESIDUAL.image(torch.zeros_like(hr), lr), upsample_bicubic(lr, (32, 32)),
                                atol=0, rtol=0)
     # The image format is unchanged: 2 HR - 1 in, (D + 1) / 2 out.
@@ -155,3 +156,90 @@ def test_env_scores_a_zero_residual_model_as_bicubic(zero_residual_env_kwargs):
     # The image is bicubic's, so every quality metric equals its bicubic baseline.
     for key in ("psnr", "ssim", "lr_consistency"):
         np.testing.assert_allclose(info[key], info[f"bicubic_{key}"], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# A residual over an anchor network (orl_gym.models.AnchorNet) instead of bicubic
+
+NETWORK = LatentTarget(kind="residual", residual_scale=5.0, anchor="network")
+
+
+def _network_model(seed: int = 0):
+    arch = {**LDMSRArchitecture.tiny().__dict__, "latent_target": NETWORK, "anchor_channels": 8, "anchor_blocks": 2}
+    model = LDMSRArchitecture(**arch).build(seed=seed)
+    # A random tail adds a visible, LR-dependent correction to bicubic (its own init is near 0).
+    torch.nn.init.normal_(model.latent_target.network.tail[-1].weight, std=0.05)
+    return model
+
+
+def test_a_network_anchor_decodes_over_the_networks_prediction():
+    model = _network_model()
+    network = model.latent_target.network
+    assert isinstance(network, AnchorNet) and not network.training
+    assert not any(p.requires_grad for p in network.parameters())
+    lr = _lr(2)
+    with torch.no_grad():
+        anchor = network(lr)
+    assert anchor.shape == (2, 3, 32, 32)
+    assert (anchor - bicubic_upsample(lr, (32, 32))).abs().max() > 1e-2  # not bicubic
+    state = _sample(model, lr)
+    raw = sampler.vq_decode(model, state.latents)
+    torch.testing.assert_close(sampler.decode(model, state), (anchor + raw / 5.0).clamp(0, 1), atol=1e-6, rtol=0)
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    target = model.latent_target  # vq_input and image are inverse over the network's anchor too
+    torch.testing.assert_close(target.image(target.vq_input(hr, lr), lr), hr, atol=1e-5, rtol=0)
+    # Every build makes its own network (the architecture's target holds none).
+    other = _network_model(seed=1)
+    assert other.latent_target.network is not network and model.latent_target == other.latent_target
+
+
+def test_a_network_anchor_saves_loads_and_is_checked(tmp_path):
+    model = _network_model()
+    model.save_pretrained(tmp_path / "net")
+    assert json.loads((tmp_path / "net" / "latent_target.json").read_text()) == {
+        "kind": "residual", "residual_scale": 5.0, "anchor": "network"}
+    assert (tmp_path / "net" / "anchor" / "config.json").is_file()
+    loaded = load_ldmsr(tmp_path / "net")
+    assert loaded.latent_target == NETWORK and isinstance(loaded.latent_target.network, AnchorNet)
+    assert loaded.modules[-1] is loaded.latent_target.network
+    lr = _lr(2)
+    torch.testing.assert_close(sampler.decode(loaded, _sample(loaded, lr)), sampler.decode(model, _sample(model, lr)))
+    # The refusals: no network to go with the target, an anchor on the image format, a missing folder.
+    with pytest.raises(ValueError, match="no network is loaded"):
+        NETWORK.anchor_image(lr, (32, 32))
+    with pytest.raises(ModelLoadError, match="anchors on a network, but none is given"):
+        type(model)(vqvae=model.vqvae, unet=model.unet, scheduler=model.scheduler, latent_target=NETWORK)
+    with pytest.raises(ValueError, match="needs kind='residual'"):
+        LatentTarget(kind="image", anchor="network")
+    with pytest.raises(ValueError, match="unknown anchor"):
+        LatentTarget(kind="residual", anchor="lanczos")
+    shutil.rmtree(tmp_path / "net" / "anchor")
+    with pytest.raises(ModelLoadError, match="missing: anchor/config.json"):
+        load_ldmsr(tmp_path / "net")
+
+
+def test_env_runs_a_network_anchored_model(image_folder):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(orl_gym.ENV_ID, model=_network_model(), data=str(image_folder), hr_size=32, num_inference_steps=4,
+                   reward={"lpips_net": None, "lpips_weight": 0.0})
+    check_env(env.unwrapped, skip_render_check=True)
+    env.reset(seed=0)
+    action = encode_params(env.unwrapped.params.actions, guidance=0.5)  # guidance decodes through the anchor
+    for _ in range(10):
+        _, reward, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    assert terminated and np.isfinite(reward) and np.isfinite(info["psnr"])
+
+
+def test_guidance_cost_counts_the_anchor_networks_forward():
+    network_model = _network_model()
+    plain = LDMSRArchitecture(**{**LDMSRArchitecture.tiny().__dict__, "latent_target": RESIDUAL}).build(seed=0)
+    with_anchor = sampler.guidance_cost_in_unet_calls(network_model, (8, 8))
+    without = sampler.guidance_cost_in_unet_calls(plain, (8, 8))
+    from orl_gym.profiling import count_flops
+
+    unet_flops = count_flops(plain.unet, torch.zeros(1, 6, 8, 8), torch.zeros(1, dtype=torch.long))
+    anchor_flops = count_flops(network_model.latent_target.network, torch.zeros(1, 3, 8, 8))
+    assert with_anchor == pytest.approx(without + anchor_flops / unet_flops, rel=1e-6)

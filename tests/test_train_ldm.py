@@ -104,6 +104,48 @@ def test_residual_target_trains_exports_and_resumes_as_residual(train_ldm, synth
         train_ldm.main(_args(out, synthetic_data, 3, 3, "--latent-target", "image"))
 
 
+def test_a_network_anchor_trains_first_and_the_vq_encodes_residuals_over_it(train_ldm, synthetic_data, tmp_path):
+    from orl_gym.models import AnchorNet, LatentTarget
+
+    out = tmp_path / "run"
+    args = _args(out, synthetic_data, 3, 2, "--latent-target", "residual", "--latent-anchor", "network",
+                 "--anchor-channels", "8", "--anchor-blocks", "1", "--anchor-steps", "4", "--anchor-crop", "32",
+                 "--anchor-batch-size", "2", "--anchor-warmup", "1", "--stages", "anchor,vq,unet")
+    assert train_ldm.main(args) == 0
+    anchor_ckpt = torch.load(out / "anchor" / "checkpoint.pt", weights_only=False)
+    assert anchor_ckpt["step"] == 4 and anchor_ckpt["best_val"] >= anchor_ckpt["history"][0]["val"]
+    assert torch.load(out / "vq" / "checkpoint.pt", weights_only=False)["anchor_step"] == 4
+    model = load_ldmsr(out / "export")
+    assert model.latent_target == LatentTarget(kind="residual", residual_scale=5.0, anchor="network")
+    network = model.latent_target.network
+    assert isinstance(network, AnchorNet) and network.config.channels == 8
+    for name, weight in network.state_dict().items():  # the exported anchor is the best one (fp16)
+        torch.testing.assert_close(weight, anchor_ckpt["best"][name], atol=2e-3, rtol=1e-2)
+    card = (out / "export" / "README.md").read_text()
+    assert "Stage 0, anchor network" in card and "residuals HR - A(LR)" in card
+    # The cached UNet latents are encodings of the residuals over the network's prediction.
+    from orl_gym.data import DataConfig, PairDataset
+
+    cache = torch.load(out / "unet" / "latents.pt", weights_only=False)
+    ds = PairDataset(DataConfig(source=str(synthetic_data), split="train", hr_size=32, scale=4, crop="full"))
+    pair = ds.pairs(torch.tensor([0]))
+    with torch.no_grad():
+        expected = model.vqvae.encode(model.latent_target.vq_input(pair.hr, pair.lr)).latents
+    torch.testing.assert_close(cache["train"][0][0], expected[0], atol=5e-3, rtol=0)
+    # Training the anchor further makes the VQ's residuals stale: its stages are refused.
+    assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--anchor-steps", "5", "--stages", "anchor",
+                                "--no-export")) == 0
+    with pytest.raises(RuntimeError, match="anchor network at step 4, but the anchor is now at step 5"):
+        train_ldm.main(_args(out, synthetic_data, 3, 3, "--stages", "unet", "--no-export"))
+    # A bicubic run has no anchor to train, and a network run cannot skip training one.
+    with pytest.raises(SystemExit, match="nothing to train"):
+        train_ldm.main(_args(tmp_path / "bicubic", synthetic_data, 3, 2, "--latent-target", "residual",
+                             "--stages", "anchor"))
+    with pytest.raises(FileNotFoundError, match="run the anchor stage first"):
+        train_ldm.main(_args(tmp_path / "untrained", synthetic_data, 3, 2, "--latent-target", "residual",
+                             "--latent-anchor", "network", "--stages", "vq"))
+
+
 def test_stop_checkpoints_and_exits_without_export(train_ldm, synthetic_data, tmp_path, capsys):
     out = tmp_path / "run"
     # --max-minutes already past: the VQ stops before its first step, checkpoints, no export.

@@ -3,13 +3,20 @@
 ``experiments/train_ldm.py`` is the command (a thin script over :func:`orl_gym.training.cli.main`);
 the modules, one job each: :mod:`~orl_gym.training.config` (TrainConfig, the command line),
 :mod:`~orl_gym.training.loop` (what every stage's loop shares), :mod:`~orl_gym.training.checkpoints`,
-:mod:`~orl_gym.training.vq`, :mod:`~orl_gym.training.decoder`, :mod:`~orl_gym.training.unet` (the
-stages), :mod:`~orl_gym.training.init_from`, :mod:`~orl_gym.training.card`,
+:mod:`~orl_gym.training.anchor`, :mod:`~orl_gym.training.vq`, :mod:`~orl_gym.training.decoder`,
+:mod:`~orl_gym.training.unet` (the stages), :mod:`~orl_gym.training.init_from`, :mod:`~orl_gym.training.card`,
 :mod:`~orl_gym.training.export` and :mod:`~orl_gym.training.cli`.
 
 Both stages use diffusers components in the layout of CompVis/ldm-super-resolution-4x-openimages
 (``orl_gym.models.LDMSRArchitecture``) and a plain torch loop, so the result loads with
 ``orl_gym.models.load_ldmsr`` and with ``LDMSuperResolutionPipeline.from_pretrained``.
+
+Stage 0 (``anchor``, only with ``--latent-anchor network``): the anchor network
+(``orl_gym.models.AnchorNet``, an EDSR-style regression CNN, output bicubic(LR) + CNN(LR)) trained
+with L1 to predict HR from LR; its best-validation weights are the anchor that the residual target
+is taken over (``s * (HR - A(LR))``) by every later stage and the export. A VQ records the anchor
+step it was trained over: training the anchor further makes the run's VQ (and what was built on
+it) stale, which the later stages and the export refuse.
 
 Stage 1 (``vq``): VQModel (f = 4, 3 latent channels) on random HR crops in [-1, 1], loss
 ``l1 * |x - x'| + mse * (x - x')^2 + codebook + beta * commitment``. The quantizer is computed
@@ -36,6 +43,7 @@ latents and of the LR image: encoding each batch again would cost more than the 
 Output folder (``--out``)::
 
     run_config.json        resolved configuration of the latest invocation (+ commands.log: all)
+    anchor/checkpoint.pt   stage 0: current and best-validation anchor-network weights
     vq/checkpoint.pt       model, optimizer, step, history, RNG state (atomic: temp + os.replace)
     decoder/checkpoint.pt  stage 1b: current and best-validation decoder weights, the VQ step
     unet/checkpoint.pt     the same for the UNet (+ EMA weights, the VQ step it was trained on)

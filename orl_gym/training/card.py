@@ -68,8 +68,28 @@ def decoder_facts(decoder_ckpt: dict) -> list[str]:
     ]
 
 
+def anchor_facts(anchor_ckpt: dict) -> list[str]:
+    """The card's paragraph on stage 0 (the anchor network)."""
+    c = anchor_ckpt["config"]
+    vals = [h for h in anchor_ckpt["history"] if "val" in h]
+    best_step = max(vals, key=lambda h: h["val"])["step"]
+    parameters = sum(v.numel() for v in anchor_ckpt["best"].values())
+    return [
+        "",
+        f"Stage 0, anchor network: `orl_gym.models.AnchorNet` (EDSR-style: {c['anchor_blocks']} residual "
+        f"blocks of {c['anchor_channels']} channels, x2 pixel-shuffle twice, output bicubic(LR) + CNN(LR); "
+        f"{parameters / 1e6:.2f} M params), L1 to HR on random {c['anchor_crop']}x{c['anchor_crop']} crops "
+        f"with flips / 90-degree rotations, batch {c['anchor_batch_size']}, Adam lr {c['anchor_lr']:g} "
+        f"cosine to x{c['anchor_min_lr_ratio']:g}; {anchor_ckpt['step']} steps, "
+        f"{anchor_ckpt.get('seconds', 0) / 60:.0f} min. Validation PSNR {anchor_ckpt['best_val']:.2f} dB "
+        f"against bicubic's {anchor_ckpt['bicubic_val']:.2f} dB (the VQ's validation crops); the "
+        f"best-validation weights (step {best_step}) are the anchor the VQ's residuals are taken over, "
+        "and the ones exported.",
+    ]
+
+
 def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
-                   decoder_ckpt: dict | None = None) -> str:
+                   decoder_ckpt: dict | None = None, anchor_ckpt: dict | None = None) -> str:
     """The card's training section, from the checkpoints and the saved run record."""
     record_path = Path(cfg.out) / "run_config.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -108,7 +128,8 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
         "t uniform in [0, 1000), DDPMScheduler.add_noise, scaled_linear "
         "0.0015..0.0155 (the reference schedule), on pre-quantization latents of the frozen VQ")
     vq_target = vq_cfg.get("latent_target", "image")
-    vq_input = ("the residuals HR - bicubic(LR) of random "
+    anchor = "A(LR)" if vq_cfg.get("latent_anchor", "bicubic") == "network" else "bicubic(LR)"
+    vq_input = (f"the residuals HR - {anchor} of random "
                 f"{vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} crops, x {vq_cfg.get('residual_scale', 5.0):g}"
                 if vq_target == "residual" else
                 f"random {vq_cfg['vq_crop']}x{vq_cfg['vq_crop']} HR crops")
@@ -132,7 +153,7 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
     unet_weights = "EMA weights" if unet_ckpt and unet_ckpt.get("ema") is not None else "raw weights, no EMA"
     row("validation at the end",
         f"{vq_val:.2f} dB PSNR ({vq_cfg.get('val_images', cfg.val_images)} center {val_crop}x{val_crop} crops"
-        f"{', bicubic + reconstructed residual' if vq_target == 'residual' else ''})"
+        f"{f', {anchor} + reconstructed residual' if vq_target == 'residual' else ''})"
         if vq_val else "n/a",
         f"{VAL_NAMES[unet_prediction_type(unet_ckpt)]} {unet_val:.4f} ({unet_weights}, fixed crops / t / "
         "noise)" if unet_val else "n/a")
@@ -162,6 +183,7 @@ def training_facts(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None,
         "downsampling of HR, 8-bit.",
         "",
         *lines,
+        *(anchor_facts(anchor_ckpt) if anchor_ckpt else []),
         *(decoder_facts(decoder_ckpt) if decoder_ckpt else []),
         "",
         f"Machine: {machine}; torch {torch.__version__}. The resolved configuration is stored in "
@@ -217,15 +239,21 @@ def card_format_section(target: LatentTarget) -> list[str]:
             "```",
             "",
         ]
+    if target.anchor == "network":
+        over = ("a trained regression CNN's prediction from the LR input (`anchor/`, "
+                "`orl_gym.models.AnchorNet`; itself bicubic(LR) plus a learned correction)")
+        anchor, zero = "A(LR)", "A zero residual is exactly the CNN's prediction."
+    else:
+        over, anchor, zero = "the bicubic upsampling of the LR input", "bicubic(LR)", "A zero residual is exactly bicubic."
     return [
         "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
         "aerial imagery. An LR-anchored (residual) latent-diffusion model: the components are "
         "diffusers' (VQModel f = 4 with 3 latent channels, UNet2DModel on concat(latent, LR) with 6 "
         "input channels, DDIM scheduler) in the folder layout of "
         "`CompVis/ldm-super-resolution-4x-openimages`, but the VQ autoencodes the residual over "
-        f"the bicubic upsampling of the LR input, scaled by s = {target.residual_scale:g}: "
-        "z_0 = E(s (HR - bicubic(LR))), and an image is bicubic(LR) + D(z_0) / s "
-        "(`latent_target.json`; `orl_gym.models.LatentTarget`). A zero residual is exactly bicubic. "
+        f"{over}, scaled by s = {target.residual_scale:g}: "
+        f"z_0 = E(s (HR - {anchor})), and an image is {anchor} + D(z_0) / s "
+        f"(`latent_target.json`; `orl_gym.models.LatentTarget`). {zero} "
         "`LDMSuperResolutionPipeline` would show the residual as the image, so it cannot run this "
         "model; orl_gym's sampler and env do. Weights are stored in float16 to keep the package "
         "small; the loader gives float32 modules on the CPU:",
@@ -240,7 +268,7 @@ def card_format_section(target: LatentTarget) -> list[str]:
         "state = sampler.init_state(model, schedule, lr, sampler.make_generators(range(len(lr))))",
         "while not bool(state.done(schedule).all()):",
         "    state = sampler.step(model, schedule, state, sampler.StepParams()).state",
-        "sr = sampler.decode(model, state)  # bicubic(LR) + residual, (B, 3, 4h, 4w)",
+        f"sr = sampler.decode(model, state)  # {anchor} + residual, (B, 3, 4h, 4w)",
         "```",
         "",
     ]
@@ -253,7 +281,7 @@ def training_hours(*ckpts: dict | None) -> str:
 
 
 def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None,
-               decoder_ckpt: dict | None = None) -> str:
+               decoder_ckpt: dict | None = None, anchor_ckpt: dict | None = None) -> str:
     """The model card: fixed text, the training section (regenerated) and the evaluation
     section of ``old_card`` (kept until eval_base_model.py rewrites it; the caller passes an old
     card only when its evaluation is of the same weights)."""
@@ -271,7 +299,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "## Training",
         "",
         TRAIN_BEGIN,
-        training_facts(cfg, vq_ckpt, unet_ckpt, decoder_ckpt),
+        training_facts(cfg, vq_ckpt, unet_ckpt, decoder_ckpt, anchor_ckpt),
         TRAIN_END,
         "",
         "## Evaluation",
@@ -280,7 +308,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
         "",
         "## Limitations",
         "",
-        f"A small model trained for {training_hours(vq_ckpt, unet_ckpt, decoder_ckpt)} on a 2-core CPU"
+        f"A small model trained for {training_hours(vq_ckpt, unet_ckpt, decoder_ckpt, anchor_ckpt)} on a 2-core CPU"
         + (" (this run; the imported autoencoder's own training is in the source card quoted above)"
            if vq_ckpt.get("imported_from") else "") + ": "
         "it is a stand-in that "

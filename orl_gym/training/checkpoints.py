@@ -56,8 +56,45 @@ def load_trained_vq(cfg: TrainConfig, model: LDMSR, stage: str) -> dict:
     if not vq_path.exists():
         raise FileNotFoundError(f"{stage}: needs a trained VQ at {vq_path}; run the vq stage first")
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
+    check_vq_anchor(cfg, vq_ckpt)
     load_vq_weights(model, vq_ckpt)
     return vq_ckpt
+
+
+def anchor_checkpoint_step(cfg: TrainConfig) -> int | None:
+    """The step of the run's anchor-network checkpoint (None: a bicubic anchor, or none trained)."""
+    path = Path(cfg.out) / "anchor" / "checkpoint.pt"
+    if cfg.latent_anchor != "network" or not path.exists():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+
+
+def check_vq_anchor(cfg: TrainConfig, vq_ckpt: dict) -> None:
+    """The VQ autoencodes residuals over the anchor network it was trained with: refuse a VQ
+    whose anchor has been trained further since (its latents would mean another residual)."""
+    if cfg.latent_anchor != "network":
+        return
+    now, then = anchor_checkpoint_step(cfg), vq_ckpt.get("anchor_step")
+    if now != then:
+        raise RuntimeError(f"vq: trained over the anchor network at step {then}, but the anchor is now at step "
+                           f"{now}; move {Path(cfg.out) / 'vq'} (and decoder/, unet/) away and train them again")
+
+
+def load_trained_anchor(cfg: TrainConfig, model: LDMSR, stage: str) -> int | None:
+    """Load the run's anchor network (its best-validation weights) into ``model`` for the stages
+    that encode residuals over it; returns its step (None for a bicubic anchor).
+    FileNotFoundError naming ``stage`` when the anchor stage has not run."""
+    if cfg.latent_anchor != "network":
+        return None
+    path = Path(cfg.out) / "anchor" / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{stage}: this run's residual is taken over an anchor network, and none is "
+                                f"trained at {path}; run the anchor stage first (--stages anchor,{stage})")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    network = model.latent_target.network
+    load_checked(network, ckpt["best"], "anchor checkpoint")
+    network.eval().requires_grad_(False)
+    return int(ckpt["step"])
 
 
 def load_vq_weights(model: LDMSR, vq_ckpt: dict) -> None:

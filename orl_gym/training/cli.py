@@ -17,6 +17,7 @@ import torch
 
 from orl_gym.io import atomic_write_text
 from orl_gym.models import load_ldmsr
+from orl_gym.training.anchor import train_anchor
 from orl_gym.training.checkpoints import build_model
 from orl_gym.training.config import (
     ARCH_FIELDS,
@@ -168,12 +169,16 @@ def main(argv: list[str] | None = None, *, script: str | os.PathLike) -> int:
 
     writer = SummaryWriter(str(out / "tb"))
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"vq", "decoder", "unet"}
+    unknown = set(stages) - {"anchor", "vq", "decoder", "unet"}
     if unknown:
-        raise SystemExit(f"--stages: unknown {sorted(unknown)}; use vq, decoder, unet")
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; use anchor, vq, decoder, unet")
     with contextlib.closing(writer), contextlib.closing(stop):
         model = build_model(cfg)
-        if "vq" in stages:
+        if "anchor" in stages:
+            train_anchor(cfg, model, writer, stop)
+        # A stopped anchor stage leaves the VQ untouched (a VQ checkpoint would record the anchor's
+        # unfinished step and be refused once the anchor trains on).
+        if "vq" in stages and not ("anchor" in stages and stop):
             train_vq(cfg, model, writer, stop)
         if "decoder" in stages and not stop:
             train_decoder(cfg, model, writer, stop)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orl_gym.data import DATA_ENV_VAR
-from orl_gym.models import LATENT_TARGET_KINDS, LatentTarget, LDMSRArchitecture
+from orl_gym.models import ANCHOR_KINDS, LATENT_TARGET_KINDS, LatentTarget, LDMSRArchitecture
 
 DESCRIPTION = "Train the bundled LDM-SR model: (1) the VQ autoencoder, (2) the conditional UNet."
 """What ``--help`` says first."""
@@ -51,6 +51,20 @@ class TrainConfig:
     # 5 gives the VQ inputs of about an image's std in [-1, 1] (0.41).
     latent_target: str = "image"
     residual_scale: float = 5.0
+    # What the residual is taken over: "bicubic", or "network" (orl_gym.models.AnchorNet, an
+    # EDSR-style regression CNN trained first, by the "anchor" stage, with L1; SRDiff / ResDiff's
+    # design). Fixed by the first invocation like the architecture.
+    latent_anchor: str = "bicubic"
+    anchor_channels: int = 48
+    anchor_blocks: int = 6
+    # stage 0: the anchor network (latent_anchor "network" only)
+    anchor_steps: int = 20000
+    anchor_minutes: float = 0.0
+    anchor_batch_size: int = 16
+    anchor_crop: int = 96
+    anchor_lr: float = 1e-3
+    anchor_min_lr_ratio: float = 0.05
+    anchor_warmup: int = 100
     # stage 1: VQ autoencoder
     vq_steps: int = 8000
     vq_minutes: float = 0.0
@@ -133,15 +147,17 @@ class TrainConfig:
             unet_channels=tuple(self.unet_channels), unet_layers_per_block=self.unet_layers_per_block,
             attention_levels=tuple(self.attention_levels), vq_mid_attention=self.vq_mid_attention,
             unet_mid_attention=self.unet_mid_attention, norm_num_groups=self.norm_num_groups,
-            latent_target=self.target,
+            latent_target=self.target, anchor_channels=self.anchor_channels, anchor_blocks=self.anchor_blocks,
             scheduler={**LDMSRArchitecture().scheduler, "prediction_type": self.prediction_type},
         )
 
 
     @property
     def target(self) -> LatentTarget:
-        return LatentTarget(kind=self.latent_target,
-                            residual_scale=self.residual_scale if self.latent_target == "residual" else 1.0)
+        """What the VQ autoencodes, as a description (the anchor network's weights are the model's)."""
+        residual = self.latent_target == "residual"
+        return LatentTarget(kind=self.latent_target, residual_scale=self.residual_scale if residual else 1.0,
+                            anchor=self.latent_anchor if residual else "bicubic")
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -160,13 +176,15 @@ VAL_NAMES = {"epsilon": "eps-MSE", "v_prediction": "v-MSE", "sample": "z0-MSE"}
 
 ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
                "unet_channels", "unet_layers_per_block", "attention_levels", "vq_mid_attention",
-               "unet_mid_attention", "norm_num_groups", "latent_target", "residual_scale")
+               "unet_mid_attention", "norm_num_groups", "latent_target", "residual_scale",
+               "latent_anchor", "anchor_channels", "anchor_blocks")
 
 
 # The fields a copied stage fixes (--init-from): the VQ's (norm_num_groups is shared by both
 # networks) and, when the UNet is copied too, the UNet's and its target.
 VQ_ARCH_FIELDS = ("latent_channels", "vq_channels", "vq_layers_per_block", "codebook_size",
-                  "vq_mid_attention", "norm_num_groups", "latent_target", "residual_scale")
+                  "vq_mid_attention", "norm_num_groups", "latent_target", "residual_scale",
+                  "latent_anchor", "anchor_channels", "anchor_blocks")
 
 
 UNET_ARCH_FIELDS = ("unet_channels", "unet_layers_per_block", "attention_levels",
@@ -181,8 +199,9 @@ PER_INVOCATION_FIELDS = ("out", "device", "threads", "progress", "no_progress", 
                          "export", "export_only", "no_export", "init_from", "init_stages")
 
 
-# What --init-from copies for each stage (the latents cache belongs to the VQ that encoded it).
-INIT_FILES = {"vq": ("vq/checkpoint.pt", "unet/latents.pt"), "decoder": ("decoder/checkpoint.pt",),
+# What --init-from copies for each stage (the latents cache belongs to the VQ that encoded it, and
+# so does the anchor network the VQ's residuals are taken over).
+INIT_FILES = {"vq": ("vq/checkpoint.pt", "unet/latents.pt", "anchor/checkpoint.pt"), "decoder": ("decoder/checkpoint.pt",),
               "unet": ("unet/checkpoint.pt",)}
 
 
@@ -217,6 +236,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "bicubic(LR), s * (HR - up(LR)) (LR-anchored; orl_gym.models.LatentTarget)")
     g.add_argument("--residual-scale", type=float, default=d.residual_scale,
                    help="s of the residual target (unused for images)")
+    g.add_argument("--latent-anchor", default=d.latent_anchor, choices=ANCHOR_KINDS,
+                   help="what the residual target is taken over: bicubic(LR), or a regression CNN "
+                        "trained first (stage anchor; orl_gym.models.AnchorNet)")
+    g.add_argument("--anchor-channels", type=int, default=d.anchor_channels)
+    g.add_argument("--anchor-blocks", type=int, default=d.anchor_blocks, help="residual blocks of the anchor CNN")
+    g = p.add_argument_group("stage 0: anchor network (--latent-anchor network)")
+    g.add_argument("--anchor-steps", type=int, default=d.anchor_steps, help="total optimizer steps")
+    g.add_argument("--anchor-minutes", type=float, default=d.anchor_minutes,
+                   help="training-time budget of the stage (as --vq-minutes)")
+    g.add_argument("--anchor-batch-size", type=int, default=d.anchor_batch_size)
+    g.add_argument("--anchor-crop", type=int, default=d.anchor_crop, help="HR crop side (px)")
+    g.add_argument("--anchor-lr", type=float, default=d.anchor_lr, help="peak Adam learning rate")
+    g.add_argument("--anchor-min-lr-ratio", type=float, default=d.anchor_min_lr_ratio)
+    g.add_argument("--anchor-warmup", type=int, default=d.anchor_warmup)
     g = p.add_argument_group("stage 1: VQ autoencoder")
     g.add_argument("--vq-steps", type=int, default=d.vq_steps, help="total optimizer steps")
     g.add_argument("--vq-minutes", type=float, default=d.vq_minutes,
@@ -274,7 +307,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     g.add_argument("--max-minutes", type=float, default=d.max_minutes,
                    help="stop (checkpointed) after this much wall time in this invocation (0: no limit)")
-    g.add_argument("--stages", default=d.stages, help="comma list of stages to run: vq, decoder, unet")
+    g.add_argument("--stages", default=d.stages, help="comma list of stages to run: anchor (for --latent-anchor network), vq, decoder, unet")
     g.add_argument("--init-from", default=d.init_from,
                    help="start a new run from this run folder's checkpoints of --init-stages "
                         "(copied; its architecture is the default), or from the weights of a "

@@ -19,6 +19,7 @@ from orl_gym.training.checkpoints import (
     DECODER_PREFIXES,
     decoder_state,
     load_decoder_weights,
+    load_trained_anchor,
     load_trained_vq,
 )
 from orl_gym.training.config import TrainConfig
@@ -36,6 +37,7 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFl
     out = Path(cfg.out)
     ckpt_path = out / "decoder" / "checkpoint.pt"
     vq_ckpt = load_trained_vq(cfg, model, "decoder")
+    load_trained_anchor(cfg, model, "decoder")
     vqvae = model.vqvae.to(cfg.device).train().requires_grad_(False)
     params = [p for name, p in vqvae.named_parameters() if name.startswith(DECODER_PREFIXES)]
     for p in params:
@@ -44,7 +46,7 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFl
                                   betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     step, history, seconds = 0, [], 0.0
-    val_batch, target = vq_validation_batch(cfg), cfg.target
+    val_batch, target = vq_validation_batch(cfg), model.latent_target
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         load_decoder_weights(vqvae, vq_ckpt, ckpt, key="model")

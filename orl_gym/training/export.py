@@ -17,7 +17,9 @@ from orl_gym.models import checkpoint_digest, load_ldmsr
 from orl_gym.training.card import model_card
 from orl_gym.training.checkpoints import (
     build_model,
+    check_vq_anchor,
     load_decoder_weights,
+    load_trained_anchor,
     load_unet_weights,
     load_vq_weights,
     unet_prediction_type,
@@ -39,7 +41,9 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     prediction_type = unet_prediction_type(unet_ckpt) if unet_ckpt else cfg.prediction_type
     model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu", "prediction_type": prediction_type}))
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
+    check_vq_anchor(cfg, vq_ckpt)
     load_vq_weights(model, vq_ckpt)
+    anchor_step = load_trained_anchor(cfg, model, "export")
     decoder_path = out / "decoder" / "checkpoint.pt"
     decoder_ckpt = (torch.load(decoder_path, map_location="cpu", weights_only=False)
                     if decoder_path.exists() else None)
@@ -59,8 +63,8 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
         print("export: no UNet checkpoint yet: the UNet in the export is untrained", file=sys.stderr)
     if cfg.export_dtype == "float16":
         # Stored in fp16 to keep the package small; loaders cast back to float32 on the CPU.
-        model.vqvae.half()
-        model.unet.half()
+        for module in model.modules:
+            module.half()
     folder = folder.resolve()
     tmp = folder.with_name(folder.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -68,7 +72,8 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     info = {"vq_step": vq_ckpt["step"], "unet_step": unet_step, "dtype": cfg.export_dtype,
             "vq_val_psnr": vq_ckpt.get("best_val"),
             "decoder_step": decoder_ckpt["step"] if decoder_ckpt else None,
-            "decoder_val_psnr": decoder_ckpt["best_val"] if decoder_ckpt else None}
+            "decoder_val_psnr": decoder_ckpt["best_val"] if decoder_ckpt else None,
+            "anchor_step": anchor_step}
     (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
     old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
     # The previous card's evaluation (and eval_results.json, the numbers behind its table) stays
@@ -80,8 +85,11 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
         print("export: the previous evaluation was of other weights: dropped from the card (run "
               "experiments/eval_base_model.py on the export)", file=sys.stderr)
     trained_unet = unet_ckpt if unet_step or (unet_ckpt or {}).get("imported_from") else None
+    anchor_path = out / "anchor" / "checkpoint.pt"
+    anchor_ckpt = (torch.load(anchor_path, map_location="cpu", weights_only=False)
+                   if anchor_step is not None else None)
     (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, trained_unet, old_card if same_weights else None,
-                                              decoder_ckpt))
+                                              decoder_ckpt, anchor_ckpt))
     if same_weights:
         shutil.copy2(results_path, tmp / "eval_results.json")
     old = folder.with_name(folder.name + ".old-export")

@@ -39,6 +39,10 @@ def diffusers_architecture(model: LDMSR, source: Path) -> dict:
     shapes, and the noise schedule must be the one train_ldm.py trains with. Anything else
     (another block layout, another beta schedule) is refused with a SystemExit that names it.
     """
+    if model.latent_target.anchor == "network":
+        raise SystemExit(f"--init-from: {source} anchors its residual on a network; importing a diffusers "
+                         "folder with an anchor network is not supported: --init-from the training run "
+                         "folder that made it (its anchor/checkpoint.pt is copied with the VQ)")
     vq, unet = model.vqvae.config, model.unet.config
     vq_state, unet_state = model.vqvae.state_dict(), model.unet.state_dict()
     fields = {

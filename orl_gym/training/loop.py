@@ -123,9 +123,15 @@ def reconstructed_image(target: LatentTarget, rec: torch.Tensor, hr: torch.Tenso
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random flips and 90-degree rotations (the 8 symmetries; aerial scenes have no up)."""
+    return augment_alike((images,), generator)[0]
+
+
+def augment_alike(images: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One random symmetry of ``augment`` (the same draws) applied to several batches alike, e.g.
+    HR crops and their LR images: the LR image of a rotated crop is the rotated LR image."""
     k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
-    images = torch.rot90(images, k, dims=(-2, -1))
-    return images.flip(-1) if flip % 2 else images
+    turned = tuple(torch.rot90(x, k, dims=(-2, -1)) for x in images)
+    return tuple(x.flip(-1) for x in turned) if flip % 2 else turned
 
 
 def plot_history(history: list[dict], path: Path, title: str) -> None:

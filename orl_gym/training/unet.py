@@ -19,7 +19,7 @@ from tqdm import tqdm
 from orl_gym.data import DataConfig, PairDataset
 from orl_gym.io import atomic_save
 from orl_gym.models import LDMSR
-from orl_gym.training.checkpoints import load_trained_vq, unet_prediction_type
+from orl_gym.training.checkpoints import load_trained_anchor, load_trained_vq, unet_prediction_type
 from orl_gym.training.config import (
     PREDICTION_OBJECTIVES,
     PREDICTION_TYPES,
@@ -39,7 +39,7 @@ from orl_gym.training.loop import (
 
 
 @torch.no_grad()
-def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
+def encode_dataset(cfg: TrainConfig, model: LDMSR, split: str,
                    limit: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Latents (float32) and LR images (uint8) of whole images of a split, one tensor per image."""
     ds = PairDataset(DataConfig(source=cfg.data, split=split, hr_size=cfg.unet_crop, scale=4,
@@ -55,11 +55,11 @@ def encode_dataset(cfg: TrainConfig, vqvae: torch.nn.Module, split: str,
         groups = [biggest[torch.linspace(0, len(biggest) - 1, min(limit, len(biggest))).round().long()]]
     total = sum(len(g) for g in groups)
     bar = tqdm(total=total, desc=f"encode {split}", disable=not cfg.progress, mininterval=10)
-    vqvae.eval()
+    vqvae = model.vqvae.eval()
     for group in groups:
         for chunk in group.split(16):
             batch = ds.pairs(chunk)
-            z = vqvae.encode(cfg.target.vq_input(batch.hr, batch.lr).to(cfg.device)).latents.float().cpu()
+            z = vqvae.encode(model.latent_target.vq_input(batch.hr, batch.lr).to(cfg.device)).latents.float().cpu()
             latents.extend(z.unbind(0))
             lrs.extend((batch.lr * 255).round().to(torch.uint8).unbind(0))
             bar.update(len(chunk))
@@ -188,7 +188,8 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
     out = Path(cfg.out)
     ckpt_path = out / "unet" / "checkpoint.pt"
     vq_ckpt = load_trained_vq(cfg, model, "unet")
-    vqvae = model.vqvae.to(cfg.device).eval().requires_grad_(False)
+    load_trained_anchor(cfg, model, "unet")  # the residuals it encodes are over the anchor network
+    model.vqvae.to(cfg.device).eval().requires_grad_(False)
     unet = model.unet.to(cfg.device).train().requires_grad_(True)
     noise_scheduler = DDPMScheduler.from_config(model.scheduler.config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
@@ -239,8 +240,8 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
               file=sys.stderr)
     if cache is None or cache["vq_step"] != vq_ckpt["step"] or cache.get("key") != key:
         t0 = time.monotonic()
-        train = encode_dataset(cfg, vqvae, "train")
-        val = encode_dataset(cfg, vqvae, "validation", limit=cfg.val_images)
+        train = encode_dataset(cfg, model, "train")
+        val = encode_dataset(cfg, model, "validation", limit=cfg.val_images)
         cache = {"vq_step": vq_ckpt["step"], "key": key, "train": train, "val": val}
         atomic_save(cache, cache_path)
         print(f"unet: encoded {len(train[0])} training images in {time.monotonic() - t0:.0f} s",

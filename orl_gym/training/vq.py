@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from orl_gym.data import DataConfig, PairDataset
+from orl_gym.data import DataConfig, PairDataset, upsample_bicubic
 from orl_gym.io import atomic_save
 from orl_gym.models import LDMSR, LatentTarget
+from orl_gym.training.checkpoints import check_vq_anchor, load_trained_anchor
 from orl_gym.training.config import TrainConfig
 from orl_gym.training.loop import (
     StageClock,
@@ -93,8 +94,10 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     generator = torch.Generator().manual_seed(cfg.seed)
     step, history, best_val, seconds = 0, [], None, 0.0
     last_used = torch.zeros(cfg.codebook_size, dtype=torch.long)
+    anchor_step = load_trained_anchor(cfg, model, "vq")
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        check_vq_anchor(cfg, ckpt)
         vqvae.load_state_dict(ckpt["model"])
         # An imported checkpoint (--init-from a diffusers folder) has weights only.
         if ckpt["optimizer"] is not None:
@@ -116,8 +119,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
         source=cfg.data, split="train", hr_size=cfg.vq_crop, scale=4, crop="random", seed=cfg.seed),
         device="cpu"), "--vq-crop").preload()
     val_batch = vq_validation_batch(cfg)
-    target = cfg.target
-    bicubic = float(psnr(LatentTarget.anchor(val_batch[1], val_batch[0].shape[-2:]), val_batch[0]).mean())
+    target = model.latent_target
+    bicubic = float(psnr(upsample_bicubic(val_batch[1], val_batch[0].shape[-2:]), val_batch[0]).mean())
     print(f"vq: {train_ds}; validation {tuple(val_batch[0].shape)} (bicubic {bicubic:.2f} dB); target "
           f"{target}", file=sys.stderr)
     # Started after the preload: loading the data is not training time.
@@ -126,7 +129,8 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     def save() -> None:
         atomic_save({"model": vqvae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "history": history, "best_val": best_val, "generator": generator.get_state(),
-                     "last_used": last_used, "seconds": clock.seconds, "config": asdict(cfg)},
+                     "last_used": last_used, "seconds": clock.seconds, "config": asdict(cfg),
+                     "anchor_step": anchor_step},
                     ckpt_path)
         plot_history(history, out / "loss_vq.png", "VQ autoencoder")
 
