@@ -135,6 +135,12 @@ def test_a_network_anchor_trains_first_and_the_vq_encodes_residuals_over_it(trai
     # Training the anchor further makes the VQ's residuals stale: its stages are refused.
     assert train_ldm.main(_args(out, synthetic_data, 3, 2, "--anchor-steps", "5", "--stages", "anchor",
                                 "--no-export")) == 0
+    # An anchor stage alone has nothing to export yet.
+    first = tmp_path / "anchor_only"
+    assert train_ldm.main(_args(first, synthetic_data, 3, 2, "--latent-target", "residual", "--latent-anchor",
+                                "network", "--anchor-channels", "8", "--anchor-blocks", "1", "--anchor-steps", "2",
+                                "--anchor-crop", "32", "--anchor-batch-size", "2", "--stages", "anchor")) == 0
+    assert (first / "anchor" / "checkpoint.pt").exists() and not (first / "export").exists()
     with pytest.raises(RuntimeError, match="anchor network at step 4, but the anchor is now at step 5"):
         train_ldm.main(_args(out, synthetic_data, 3, 3, "--stages", "unet", "--no-export"))
     # A bicubic run has no anchor to train, and a network run cannot skip training one.

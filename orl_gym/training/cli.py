@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None, *, script: str | os.PathLike) -> int:
         if not cfg.no_export:
             print(f"export: skipped, training stopped ({stop.reason}); run the same command again "
                   "to continue, or --export-only to export these checkpoints", file=sys.stderr)
+    elif not cfg.no_export and not (out / "vq" / "checkpoint.pt").exists():
+        # An anchor stage alone: there is no model to export yet.
+        print("export: skipped, no VQ trained yet (--stages vq,... next)", file=sys.stderr)
     elif not cfg.no_export:
         export(cfg, export_folder)
     return 0
