@@ -89,11 +89,7 @@ def train_anchor(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFla
         hr, lr = (x.to(cfg.device) for x in loop.augment_alike((pairs.hr, pairs.lr), generator))
         prediction = network(lr)
         loss = F.l1_loss(prediction, hr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
-        optimizer.step()
+        loop.optimizer_step(optimizer, loss, network.parameters(), cfg.grad_clip)
         step += 1
         with torch.no_grad():
             train_psnr = float(loop.psnr(prediction.detach().clamp(0, 1), hr).mean())

@@ -89,11 +89,7 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFl
         l1 = (rec - x).abs().mean()
         mse = (rec - x).pow(2).mean()
         loss = cfg.vq_l1_weight * l1 + cfg.vq_mse_weight * mse
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        loop.optimizer_step(optimizer, loss, params, cfg.grad_clip)
         step += 1
         with torch.no_grad():
             train_psnr = float(loop.psnr(loop.reconstructed_image(target, rec, hr, x), hr.to(cfg.device)).mean())

@@ -121,6 +121,15 @@ def reconstructed_image(target: LatentTarget, rec: torch.Tensor, hr: torch.Tenso
     return (anchor + rec / target.residual_scale).clamp(0.0, 1.0)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: Any, grad_clip: float) -> None:
+    """One update: gradients of ``loss``, clipped to norm ``grad_clip`` (0: not clipped), applied."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+
+
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random flips and 90-degree rotations (the 8 symmetries; aerial scenes have no up)."""
     return augment_alike((images,), generator)[0]

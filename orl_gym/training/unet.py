@@ -33,6 +33,7 @@ from orl_gym.training.loop import (
     StopFlag,
     end_stage,
     lr_at,
+    optimizer_step,
     plot_history,
     require_every_dataset,
 )
@@ -302,12 +303,8 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
             unet, noise_scheduler, z0, lr_img, noise, t, cfg.unet_lowfreq_pool,
             input_noise=None if input_noise is None else input_noise.to(cfg.device))
         loss = target_mse + cfg.unet_lowfreq_weight * lowfreq_mse if cfg.unet_lowfreq_weight > 0 else target_mse
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        optimizer_step(optimizer, loss, unet.parameters(), cfg.grad_clip)
         loss = loss.detach()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        optimizer.step()
         if ema is not None:
             ema.step(unet.parameters())
         step += 1

@@ -24,6 +24,7 @@ from orl_gym.training.loop import (
     augment,
     end_stage,
     lr_at,
+    optimizer_step,
     plot_history,
     psnr,
     reconstructed_image,
@@ -160,11 +161,7 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
         commit = F.mse_loss(z, codes.detach())
         loss = (cfg.vq_l1_weight * l1 + cfg.vq_mse_weight * mse
                 + cfg.vq_codebook_weight * codebook_loss + cfg.vq_commit_beta * commit)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(vqvae.parameters(), cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, vqvae.parameters(), cfg.grad_clip)
         step += 1
 
         used = torch.bincount(indices.cpu(), minlength=cfg.codebook_size) > 0
