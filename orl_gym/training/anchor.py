@@ -17,13 +17,9 @@ from orl_gym.data import DataConfig, PairDataset, upsample_bicubic
 from orl_gym.io import atomic_save
 from orl_gym.models import LDMSR
 from orl_gym.training import loop
+from orl_gym.training.checkpoints import cpu_state
 from orl_gym.training.config import TrainConfig
 from orl_gym.training.vq import vq_validation_batch
-
-
-def anchor_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The network's weights (a copy, on the CPU)."""
-    return {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
 
 
 @torch.no_grad()
@@ -58,7 +54,7 @@ def train_anchor(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFla
         generator.set_state(ckpt["generator"])
         print(f"anchor: resumed at step {step} from {ckpt_path}", file=sys.stderr)
     else:
-        best_val, best = anchor_validate(network, val_batch, cfg.device), anchor_state(network)
+        best_val, best = anchor_validate(network, val_batch, cfg.device), cpu_state(network)
         history.append({"step": 0, "val": best_val, "val_name": "validation PSNR (dB)"})
     bicubic = float(loop.psnr(upsample_bicubic(val_batch[1], val_batch[0].shape[-2:]).clamp(0, 1), val_batch[0]).mean())
     if loop.StageClock(cfg.anchor_steps, cfg.anchor_minutes, seconds).done(step):
@@ -73,7 +69,7 @@ def train_anchor(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFla
     clock = loop.StageClock(cfg.anchor_steps, cfg.anchor_minutes, seconds)  # after the preload
 
     def save() -> None:
-        atomic_save({"model": anchor_state(network), "best": best, "best_val": best_val,
+        atomic_save({"model": cpu_state(network), "best": best, "best_val": best_val,
                      "bicubic_val": bicubic, "optimizer": optimizer.state_dict(), "step": step,
                      "history": history, "generator": generator.get_state(), "seconds": clock.seconds,
                      "config": asdict(cfg)}, ckpt_path)
@@ -100,7 +96,7 @@ def train_anchor(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFla
         if step % cfg.val_every == 0 or finished:
             val = anchor_validate(network, val_batch, cfg.device)
             if val > best_val:
-                best_val, best = val, anchor_state(network)
+                best_val, best = val, cpu_state(network)
             history.append({"step": step, "val": val, "val_name": "validation PSNR (dB)"})
             writer.add_scalar("anchor/val_psnr", val, step)
             tqdm.write(f"anchor step {step}: validation PSNR {val:.2f} dB (best {best_val:.2f}, bicubic "

@@ -51,38 +51,32 @@ def load_checked(module: torch.nn.Module, state: dict, what: str) -> None:
 
 def load_trained_vq(cfg: TrainConfig, model: LDMSR, stage: str) -> dict:
     """The run's VQ checkpoint (what the decoder and UNet stages build on), its weights loaded
-    into ``model``; FileNotFoundError naming ``stage`` when the VQ stage has not run."""
+    into ``model`` together with the anchor network its residuals are taken over (if any);
+    FileNotFoundError naming ``stage`` when the VQ stage has not run."""
     vq_path = Path(cfg.out) / "vq" / "checkpoint.pt"
     if not vq_path.exists():
         raise FileNotFoundError(f"{stage}: needs a trained VQ at {vq_path}; run the vq stage first")
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
-    check_vq_anchor(cfg, vq_ckpt)
+    check_vq_anchor(cfg, vq_ckpt, load_trained_anchor(cfg, model, stage))
     load_vq_weights(model, vq_ckpt)
     return vq_ckpt
 
 
-def anchor_checkpoint_step(cfg: TrainConfig) -> int | None:
-    """The step of the run's anchor-network checkpoint (None: a bicubic anchor, or none trained)."""
-    path = Path(cfg.out) / "anchor" / "checkpoint.pt"
-    if cfg.latent_anchor != "network" or not path.exists():
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
-
-
-def check_vq_anchor(cfg: TrainConfig, vq_ckpt: dict) -> None:
+def check_vq_anchor(cfg: TrainConfig, vq_ckpt: dict, anchor_ckpt: dict | None) -> None:
     """The VQ autoencodes residuals over the anchor network it was trained with: refuse a VQ
-    whose anchor has been trained further since (its latents would mean another residual)."""
+    whose anchor (``anchor_ckpt``, as :func:`load_trained_anchor` returns it) has been trained
+    further since (its latents would mean another residual)."""
     if cfg.latent_anchor != "network":
         return
-    now, then = anchor_checkpoint_step(cfg), vq_ckpt.get("anchor_step")
+    now, then = (anchor_ckpt["step"] if anchor_ckpt else None), vq_ckpt.get("anchor_step")
     if now != then:
         raise RuntimeError(f"vq: trained over the anchor network at step {then}, but the anchor is now at step "
                            f"{now}; move {Path(cfg.out) / 'vq'} (and decoder/, unet/) away and train them again")
 
 
-def load_trained_anchor(cfg: TrainConfig, model: LDMSR, stage: str) -> int | None:
+def load_trained_anchor(cfg: TrainConfig, model: LDMSR, stage: str) -> dict | None:
     """Load the run's anchor network (its best-validation weights) into ``model`` for the stages
-    that encode residuals over it; returns its step (None for a bicubic anchor).
+    that encode residuals over it; returns its checkpoint (None for a bicubic anchor).
     FileNotFoundError naming ``stage`` when the anchor stage has not run."""
     if cfg.latent_anchor != "network":
         return None
@@ -94,7 +88,7 @@ def load_trained_anchor(cfg: TrainConfig, model: LDMSR, stage: str) -> int | Non
     network = model.latent_target.network
     load_checked(network, ckpt["best"], "anchor checkpoint")
     network.eval().requires_grad_(False)
-    return int(ckpt["step"])
+    return ckpt
 
 
 def load_vq_weights(model: LDMSR, vq_ckpt: dict) -> None:
@@ -112,10 +106,15 @@ def load_unet_weights(model: LDMSR, unet_ckpt: dict, *, ema: bool = True) -> Non
 DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
 
 
+def cpu_state(module: torch.nn.Module, prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of the module's weights whose names start with one of ``prefixes``
+    (all of them by default): the best-validation weights a stage keeps while it trains on."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k.startswith(prefixes)}
+
+
 def decoder_state(vqvae: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights the decoder stage trains (a copy, on the CPU)."""
-    return {k: v.detach().cpu().clone() for k, v in vqvae.state_dict().items()
-            if k.startswith(DECODER_PREFIXES)}
+    return cpu_state(vqvae, DECODER_PREFIXES)
 
 
 def load_decoder_weights(vqvae: torch.nn.Module, vq_ckpt: dict, decoder_ckpt: dict, key: str = "best") -> None:

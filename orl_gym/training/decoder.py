@@ -19,7 +19,6 @@ from orl_gym.training.checkpoints import (
     DECODER_PREFIXES,
     decoder_state,
     load_decoder_weights,
-    load_trained_anchor,
     load_trained_vq,
 )
 from orl_gym.training.config import TrainConfig
@@ -37,7 +36,6 @@ def train_decoder(cfg: TrainConfig, model: LDMSR, writer: Any, stop: loop.StopFl
     out = Path(cfg.out)
     ckpt_path = out / "decoder" / "checkpoint.pt"
     vq_ckpt = load_trained_vq(cfg, model, "decoder")
-    load_trained_anchor(cfg, model, "decoder")
     vqvae = model.vqvae.to(cfg.device).train().requires_grad_(False)
     params = [p for name, p in vqvae.named_parameters() if name.startswith(DECODER_PREFIXES)]
     for p in params:

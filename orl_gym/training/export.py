@@ -41,9 +41,9 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     prediction_type = unet_prediction_type(unet_ckpt) if unet_ckpt else cfg.prediction_type
     model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu", "prediction_type": prediction_type}))
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
-    check_vq_anchor(cfg, vq_ckpt)
+    anchor_ckpt = load_trained_anchor(cfg, model, "export")
+    check_vq_anchor(cfg, vq_ckpt, anchor_ckpt)
     load_vq_weights(model, vq_ckpt)
-    anchor_step = load_trained_anchor(cfg, model, "export")
     decoder_path = out / "decoder" / "checkpoint.pt"
     decoder_ckpt = (torch.load(decoder_path, map_location="cpu", weights_only=False)
                     if decoder_path.exists() else None)
@@ -73,7 +73,7 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
             "vq_val_psnr": vq_ckpt.get("best_val"),
             "decoder_step": decoder_ckpt["step"] if decoder_ckpt else None,
             "decoder_val_psnr": decoder_ckpt["best_val"] if decoder_ckpt else None,
-            "anchor_step": anchor_step}
+            "anchor_step": anchor_ckpt["step"] if anchor_ckpt else None}
     (tmp / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
     old_card = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
     # The previous card's evaluation (and eval_results.json, the numbers behind its table) stays
@@ -85,9 +85,6 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
         print("export: the previous evaluation was of other weights: dropped from the card (run "
               "experiments/eval_base_model.py on the export)", file=sys.stderr)
     trained_unet = unet_ckpt if unet_step or (unet_ckpt or {}).get("imported_from") else None
-    anchor_path = out / "anchor" / "checkpoint.pt"
-    anchor_ckpt = (torch.load(anchor_path, map_location="cpu", weights_only=False)
-                   if anchor_step is not None else None)
     (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, trained_unet, old_card if same_weights else None,
                                               decoder_ckpt, anchor_ckpt))
     if same_weights:

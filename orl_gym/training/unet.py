@@ -19,7 +19,7 @@ from tqdm import tqdm
 from orl_gym.data import DataConfig, PairDataset
 from orl_gym.io import atomic_save
 from orl_gym.models import LDMSR
-from orl_gym.training.checkpoints import load_trained_anchor, load_trained_vq, unet_prediction_type
+from orl_gym.training.checkpoints import load_trained_vq, unet_prediction_type
 from orl_gym.training.config import (
     PREDICTION_OBJECTIVES,
     PREDICTION_TYPES,
@@ -189,7 +189,6 @@ def train_unet(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> N
     out = Path(cfg.out)
     ckpt_path = out / "unet" / "checkpoint.pt"
     vq_ckpt = load_trained_vq(cfg, model, "unet")
-    load_trained_anchor(cfg, model, "unet")  # the residuals it encodes are over the anchor network
     model.vqvae.to(cfg.device).eval().requires_grad_(False)
     unet = model.unet.to(cfg.device).train().requires_grad_(True)
     noise_scheduler = DDPMScheduler.from_config(model.scheduler.config)

@@ -95,10 +95,11 @@ def train_vq(cfg: TrainConfig, model: LDMSR, writer: Any, stop: StopFlag) -> Non
     generator = torch.Generator().manual_seed(cfg.seed)
     step, history, best_val, seconds = 0, [], None, 0.0
     last_used = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    anchor_step = load_trained_anchor(cfg, model, "vq")
+    anchor_ckpt = load_trained_anchor(cfg, model, "vq")
+    anchor_step = anchor_ckpt["step"] if anchor_ckpt else None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        check_vq_anchor(cfg, ckpt)
+        check_vq_anchor(cfg, ckpt, anchor_ckpt)
         vqvae.load_state_dict(ckpt["model"])
         # An imported checkpoint (--init-from a diffusers folder) has weights only.
         if ckpt["optimizer"] is not None:
