@@ -7,9 +7,10 @@ CNN's prediction instead of over bicubic: the diffusion then only has to add wha
 cannot predict. Whether that anchor is worth building depends on how much a small CNN gains over
 bicubic at this budget, which this script measures:
 
-* the network: an EDSR-style CNN (Lim et al. 2017) on the LR image (a head conv, ``--blocks``
-  residual blocks of ``--channels``, two x2 pixel-shuffle upsamplings) whose output is added to
-  the bicubic upsampling (so it starts as bicubic and learns a residual);
+* the network: ``orl_gym.models.AnchorNet``, an EDSR-style CNN (Lim et al. 2017) on the LR
+  image (a head conv, ``--blocks`` residual blocks of ``--channels``, two x2 pixel-shuffle
+  upsamplings) whose output is added to the bicubic upsampling (so it starts as bicubic and
+  learns a residual); ``train_ldm.py --stages anchor`` trains the same network for a model;
 * training: L1 on random ``--crop`` px HR crops of the train split of every dataset under
   ``$ORL_GYM_DATA`` (their LR: the env's degradation), flips / 90-degree rotations, batch
   ``--batch-size``, Adam with a cosine decay over ``--minutes`` of training (time-budgeted, so the
@@ -34,36 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset, upsample_bicubic
 from orl_gym.evaluation import paired_interval
 from orl_gym.io import machine_description, rerun_command, write_report
+from orl_gym.models import AnchorNet
 from orl_gym.rewards import LPIPS, psnr
+from orl_gym.training.loop import augment_alike
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class RegressionCNN(nn.Module):
-    """EDSR-style x4 CNN predicting the residual over bicubic (its output is bicubic + residual)."""
-
-    def __init__(self, channels: int, blocks: int) -> None:
-        super().__init__()
-        self.head = nn.Conv2d(3, channels, 3, padding=1)
-        self.body = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(blocks))
-        self.tail = nn.Sequential(
-            nn.Conv2d(channels, channels * 4, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(),
-            nn.Conv2d(channels, channels * 4, 3, padding=1), nn.PixelShuffle(2),
-            nn.Conv2d(channels, 3, 3, padding=1))
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        features = self.head(lr * 2.0 - 1.0)
-        x = features
-        for block in self.body:
-            x = x + block(x)
-        return upsample_bicubic(lr, (lr.shape[-2] * 4, lr.shape[-1] * 4)) + self.tail(x + features)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train(args: argparse.Namespace, root: Path) -> tuple[RegressionCNN, int, float]:
+def train(args: argparse.Namespace, root: Path) -> tuple[AnchorNet, int, float]:
     torch.manual_seed(args.seed)
-    net = RegressionCNN(args.channels, args.blocks)
+    net = AnchorNet(scale_factor=4, channels=args.channels, blocks=args.blocks)
     ds = PairDataset(DataConfig(source=str(root), split="train", hr_size=args.crop, scale=4, crop="random",
                                 seed=args.seed), device="cpu").preload()
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -96,7 +76,7 @@ def train(args: argparse.Namespace, root: Path) -> tuple[RegressionCNN, int, flo
         for group in optimizer.param_groups:  # cosine from lr to 0.05 lr over the time budget
             group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
         batch = ds.sample(args.batch_size, generator=generator)
-        hr, lr = symmetry(batch.hr, batch.lr, generator)
+        hr, lr = augment_alike((batch.hr, batch.lr), generator)
         loss = F.l1_loss(net(lr), hr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,14 +85,6 @@ def train(args: argparse.Namespace, root: Path) -> tuple[RegressionCNN, int, flo
         if step % 500 == 0:
             print(f"step {step}: L1 {float(loss.detach()):.4f}, {elapsed / 60:.1f} of {args.minutes:g} min", file=sys.stderr)
     return net.eval(), step, time.monotonic() - start
-
-
-def symmetry(hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random flip / 90-degree rotation (as ``orl_gym.training.loop.augment`` draws them) for
-    HR and LR alike: the LR of a rotated HR crop is the rotated LR."""
-    k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
-    hr, lr = (torch.rot90(x, k, dims=(-2, -1)) for x in (hr, lr))
-    return (hr.flip(-1), lr.flip(-1)) if flip % 2 else (hr, lr)
 
 
 def main(argv: list[str] | None = None) -> int:
