@@ -504,3 +504,33 @@ def test_windowed_sampling_of_one_window_is_the_untiled_run(monkeypatch, tiny_mo
         assert torch.allclose(script.windowed_sample(tiles, lr, 8, shared=shared), untiled, atol=1e-5)
     larger = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(4))
     assert script.windowed_sample(tiles, larger, 8, shared=True).shape == (3, 192, 192)
+
+
+def test_residual_sampling_tradeoff_shrinks_samples_towards_the_anchor(data_root, lpips_home, tmp_path, monkeypatch):
+    from orl_gym.models import LatentTarget, LDMSRArchitecture
+
+    arch = {**LDMSRArchitecture.tiny().__dict__, "latent_target": LatentTarget(kind="residual", residual_scale=5.0)}
+    LDMSRArchitecture(**arch).build(seed=0).save_pretrained(tmp_path / "model")
+    monkeypatch.setenv("ORL_GYM_DATA", str(data_root))
+    out = tmp_path / "tradeoff.md"
+    _script("residual_sampling_tradeoff").main([
+        "--model", str(tmp_path / "model"), "--datasets", "ucmerced", "--split", "validation", "--max-images", "2",
+        "--threads", "1", "--ddim-steps", "1,2", "--start-indices", "", "--residual-weights", "0,0.5",
+        "--anchor-row", "--scheduler-config", "timestep_spacing=trailing", "--out", str(out)])
+    text = out.read_text()
+    assert "(scheduler timestep_spacing=trailing)" in text
+    rows = {cells[0]: cells[1:] for line in text.splitlines() if line.startswith("| ") and "---" not in line
+            for cells in [[c.strip() for c in line.strip("|").split("|")]] if cells[0] != "sampler"}
+    assert list(rows) == ["bicubic anchor alone (zero residual)", "DDIM 1", "DDIM 2", "DDIM 1, residual x 0",
+                          "DDIM 1, residual x 0.5", "DDIM 2, residual x 0", "DDIM 2, residual x 0.5"]
+    assert [rows[r][0] for r in rows] == ["0", "1", "2", "1", "1", "2", "2"]
+    # The bicubic anchor is bicubic; a residual weighted 0 is the anchor again, whatever the sample was.
+    assert rows["bicubic anchor alone (zero residual)"][1] == "+0.00 [+0.00, +0.00]"
+    assert rows["DDIM 1, residual x 0"] == ["1", *rows["bicubic anchor alone (zero residual)"][1:]]
+    assert rows["DDIM 1, residual x 0.5"][1:] != rows["DDIM 1"][1:]
+
+
+def test_residual_sampling_tradeoff_refuses_weights_outside_0_1(tmp_path):
+    with pytest.raises(SystemExit, match="residual-weights"):
+        _script("residual_sampling_tradeoff").main(["--model", "bundled-missing", "--residual-weights", "1.5",
+                                                    "--out", str(tmp_path / "x.md")])
