@@ -243,3 +243,23 @@ def test_guidance_cost_counts_the_anchor_networks_forward():
     unet_flops = count_flops(plain.unet, torch.zeros(1, 6, 8, 8), torch.zeros(1, dtype=torch.long))
     anchor_flops = count_flops(network_model.latent_target.network, torch.zeros(1, 3, 8, 8))
     assert with_anchor == pytest.approx(without + anchor_flops / unet_flops, rel=1e-6)
+
+
+def test_the_shipped_network_anchored_model_loads_with_its_anchor_and_trailing_spacing():
+    from pathlib import Path
+
+    folder = Path(orl_gym.__file__).parent / "assets" / "ldm-sr-tiny-x4-anchored"
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 25 * 2**20
+    model = load_ldmsr(str(folder))
+    assert model.latent_target.is_residual and model.latent_target.anchor == "network"
+    assert isinstance(model.latent_target.network, AnchorNet)
+    assert model.scheduler.config.timestep_spacing == "trailing"
+    schedule = Schedule.from_model(model, 2)
+    assert schedule.timesteps.tolist() == [999, 499]  # DDIM 2 starts at the top, not at t = 500
+    lr = _lr(1)
+    with torch.no_grad():
+        out = sampler.decode(model, _sample(model, lr, steps=2))
+        anchor = model.latent_target.anchor_image(lr, out.shape[-2:])
+    assert out.shape == (1, 3, 4 * LR_SIZE, 4 * LR_SIZE) and torch.isfinite(out).all()
+    # The network's prediction is not bicubic: the anchor network is really applied.
+    assert (anchor - upsample_bicubic(lr, out.shape[-2:])).abs().max() > 1e-3
