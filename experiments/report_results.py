@@ -43,6 +43,7 @@ import yaml
 from orl_gym.actions import PARAMETERS, ActionConfig, encode_params
 from orl_gym.agents import algorithm_class, hyperparams_entry
 from orl_gym.data import resolve_source
+from orl_gym.env import DEFAULT_NUM_INFERENCE_STEPS, resolve_num_inference_steps
 from orl_gym.evaluation import (
     BEST_CONSTANT,
     GRIDS,
@@ -172,6 +173,27 @@ def targets(rl: MethodResult, no_rl: MethodResult, best: MethodResult) -> list[s
     ]
 
 
+def base_model_targets(rl: MethodResult, no_rl: MethodResult, best: MethodResult) -> list[str]:
+    """Issue 24's targets for the policy on a base model that beats bicubic: better than the best
+    constant with the whole 95% interval above zero, and No RL's PSNR at half its UNet calls."""
+    d_reward = interval(rl, best, "reward", "all")
+    d_psnr = interval(rl, no_rl, "psnr", "all")
+    calls = (mean_of(rl, "unet_calls", "all"), mean_of(no_rl, "unet_calls", "all"))
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    return [
+        "| Target (issue 24; test split, mean over images) | Measured | |",
+        "|---|---|---|",
+        f"| {rl.name} reward - best constant: 95% interval above 0 | {fmt_interval(d_reward, 4)} | "
+        f"{verdict(d_reward[1] > 0)} |",
+        f"| {rl.name} PSNR >= No RL | {fmt_interval(d_psnr, 2)} dB | {verdict(d_psnr[0] >= 0)} |",
+        f"| {rl.name} UNet calls <= half of No RL's | {calls[0]:.2f} vs {calls[1]:.2f} | "
+        f"{verdict(calls[0] <= calls[1] / 2)} |",
+    ]
+
+
 def fix_section(no_rl: MethodResult, rl: MethodResult, fixed: list[MethodResult],
                 categories: list[str]) -> list[str]:
     """No RL and the policy with and without the output fix: does RL beat a post-process?"""
@@ -297,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     no_rl = evaluate_method(NO_RL, default_sampler, env_kwargs, keep_images=keep, **common)
     best = evaluate_method(BEST_CONSTANT, constant_policy(best_action), env_kwargs, keep_images=keep, **common)
     policies: dict[str, MethodResult] = {}
-    trace, num_train, main_agent = None, 1000, None
+    trace, num_train, num_steps, main_agent = None, 1000, DEFAULT_NUM_INFERENCE_STEPS, None
     for name, run_dir in runs.items():
         model = algorithm_class(summaries[name]["algo"]).load(run_dir / "checkpoints" / "best_model.zip", device="cpu")
         policy = SB3Policy(model)
@@ -305,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == args.main:
             from orl_gym.models import load_ldmsr
 
-            num_train = load_ldmsr(env_kwargs.get("model", "bundled")).num_train_timesteps
+            loaded = load_ldmsr(env_kwargs.get("model", "bundled"))
+            num_train = loaded.num_train_timesteps
+            num_steps = resolve_num_inference_steps(env_kwargs.get("num_inference_steps"), loaded)
             policy = trace = PolicyTrace(policy, actions, num_train_timesteps=num_train)
         policies[name] = evaluate_method(NAMES.get(name, name), policy, env_kwargs, keep_images=keep, **common)
     fixed: list[MethodResult] = []
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     # One bin per timestep of the default schedule: each point is what the policy chose there.
     plot_policy_trace(trace.rows, args.out / "policy.png", title=f"{main_rl.name}: sampler parameters chosen "
                       f"on the test images, against the timestep t they were applied at",
-                      bins=int(env_kwargs.get("num_inference_steps", 20)), num_train_timesteps=num_train)
+                      bins=num_steps, num_train_timesteps=num_train)
     plot_training_curves({NAMES.get(n, n): d for n, d in runs.items()}, args.out / "training_curves.png")
 
     # Files.
@@ -382,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Setup",
         "",
         f"- Model: {describe_model(env_kwargs.get('model', 'bundled'))}, "
-        f"default schedule DDIM {env_kwargs.get('num_inference_steps')} steps.",
+        f"default schedule DDIM {num_steps} steps"
+        f"{'' if env_kwargs.get('num_inference_steps') is not None else ' (the model default)'}.",
         f"- Test images: the test split of {describe_data(env_kwargs.get('data'), [r['category'] for r in no_rl.rows])} "
         "in the paper's eight categories "
         f"(local stand-ins: `orl_gym.data.CATEGORY_ALIASES`), {len(no_rl.rows)} images, center "
@@ -402,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Targets",
         "",
         *targets(main_rl, no_rl, best),
+        "",
+        *base_model_targets(main_rl, no_rl, best),
         "",
         f"## Per category ({main_rl.name}; the paper's Table 2 layout)",
         "",

@@ -1,6 +1,9 @@
 """The before/after figure of ``orl-gym upscale`` and its tiled-vs-untiled table (docs/upscale.md).
 
     ORL_GYM_DATA=../shared/data python experiments/upscale_example.py --threads 1
+    # the previous default model and sampler (docs/upscale.md's older tables)
+    ORL_GYM_DATA=../shared/data python experiments/upscale_example.py --threads 1 \
+        --model orl_gym/assets/ldm-sr-tiny-x4 --sampler ddim20 --out /tmp/upscale_compvis.png
 
 Test-split UC Merced scenes (orl_gym.data's seeded split: images the bundled model never trained
 on), each x4-downsampled with the degradation's antialiased bicubic so that the original is a
@@ -71,7 +74,7 @@ def figure(args: argparse.Namespace, tiles, ucmerced: Path) -> None:
         (lr.repeat_interleave(4, 1).repeat_interleave(4, 2),
          f"input {lr.shape[2]}x{lr.shape[1]} px (shown x4, nearest)\nUC Merced {name}, test split"),
         (bicubic, f"bicubic x4\n{psnr(bicubic, hr):.2f} dB"),
-        (result.image, f"orl-gym upscale x4: {psnr(result.image, hr):.2f} dB\n{args.model} model, {args.sampler}, "
+        (result.image, f"orl-gym upscale x4: {psnr(result.image, hr):.2f} dB\n{args.model} model, {tiles.name}, "
                        f"{len(result.grid)} tiles of {args.tile} px, overlap {args.overlap}"),
         (hr, f"original {hr.shape[2]}x{hr.shape[1]}\n(ground truth)"),
     ]
@@ -104,7 +107,7 @@ def table(args: argparse.Namespace, tiles, ucmerced: Path) -> None:
         rows.append(f"| {category}/{path.name} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
     untiled = np.array(scores[TABLE_RUNS[0][0]])
-    print(f"\nPSNR (dB) against the original, x4 from the 64 px bicubic downsampling, {args.sampler} on the "
+    print(f"\nPSNR (dB) against the original, x4 from the 64 px bicubic downsampling, {tiles.name} on the "
           f"{args.model} model, seed {args.seed}; {machine_description()}; `{rerun_command(__file__)}`\n")
     print("| image | bicubic | " + " | ".join(name for name, _, _ in TABLE_RUNS) + " |")
     print("|---|" + "---:|" * (1 + len(TABLE_RUNS)))
@@ -135,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--category", default="denseresidential", help="UC Merced class of the figure's image")
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--sampler", default="ddim20")
+    parser.add_argument("--sampler", default="default", help="ddim<N>, or default: the model's default sampler (upscale's)")
     parser.add_argument("--tile", type=int, default=32)
     parser.add_argument("--overlap", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@ statistics (docs/upscale.md, "Tiled against untiled").
         --model orl_gym/assets/ldm-sr-tiny-x4-residual
 
 upscale_example.py's images (the first 256 px test-split UC Merced image of each class, x4 from
-its 64 px bicubic downsampling in 8 bits), the fixed sampler ``ddim20``, seed 0; PSNR against the
+its 64 px bicubic downsampling in 8 bits), a fixed sampler (``--sampler``, default ``ddim20``), seed 0; PSNR against the
 original; "gap" is tiled minus untiled, "apart" the PSNR of one result against the other. Three
 ways of tiling, all on 32 px windows placed as upscale's tiles with ``--overlap``:
 
@@ -39,6 +39,7 @@ from upscale_example import first_test_image, load_pair, parse_with_data, psnr
 
 from orl_gym import sampler
 from orl_gym.io import machine_description, rerun_command, write_report
+from orl_gym.models import BUNDLED_MODEL_NAME
 from orl_gym.upscale import NoiseField, sampler_from_name, upscale_tiles
 from orl_gym.upscale.grid import _positions
 
@@ -153,13 +154,16 @@ def windowed_sample(tiles, lr: torch.Tensor, overlap: int, *, shared: bool, seed
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled")
+    parser.add_argument("--sampler", default="ddim20",
+                        help="the fixed sampler: ddim<N>, or 'default' (the model's default sampler)")
     parser.add_argument("--overlap", type=int, default=8)
     parser.add_argument("--out", default=None, help="Markdown report (default: experiments/results/"
-                        "upscale_groupnorm_windows_<model folder>.md)")
+                        "upscale_groupnorm_windows_<model folder>[_<sampler>].md; ddim20 unnamed)")
     args, ucmerced = parse_with_data(parser)
-    tiles = sampler_from_name("ddim20", model=args.model)
-    name = "bundled" if args.model == "bundled" else args.model.rstrip("/").split("/")[-1]
-    out = args.out or RESULTS / f"upscale_groupnorm_windows_{name}.md"
+    tiles = sampler_from_name(args.sampler, model=args.model)
+    name = BUNDLED_MODEL_NAME if args.model == "bundled" else args.model.rstrip("/").split("/")[-1]
+    suffix = "" if args.sampler == "ddim20" else f"_{args.sampler}"
+    out = args.out or RESULTS / f"upscale_groupnorm_windows_{name}{suffix}.md"
     ways = ("tiles", "windows, own statistics", "windows, whole-image statistics")
     gaps: dict[str, list[float]] = {way: [] for way in ways}
     apart: dict[str, list[float]] = {way: [] for way in ways}
@@ -180,7 +184,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     lines = ["# Tiled against untiled: the whole image's GroupNorm statistics", "",
              f"Command: `{rerun_command(__file__)}`  ", f"Machine: {machine_description()}  ",
-             f"Model: `{args.model}`, ddim20, seed 0; {TILE} px windows, overlap {args.overlap}; cells: gap (dB, tiled "
+             f"Model: `{args.model}`, {tiles.name}, seed 0; {TILE} px windows, overlap {args.overlap}; cells: gap (dB, tiled "
              "minus untiled PSNR against the original) / dB apart from the untiled result.", "",
              "| image | untiled PSNR | " + " | ".join(ways) + " |", "|---|---:|" + "---:|" * len(ways), *rows, "",
              "| way | mean gap | min | max | within 0.1 dB | mean dB apart |", "|---|---:|---:|---:|---:|---:|"]

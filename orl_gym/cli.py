@@ -573,8 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run", metavar="RUN", help="a trained run folder: its policy picks every tile's sampler "
                         "steps (tiles then have its env's LR size, 16 px for tiny-x4)")
-    source.add_argument("--sampler", default="ddim20", help="a fixed sampler instead: ddim<N>, N plain DDIM steps "
-                        "(default ddim20, the env's 'No RL')")
+    source.add_argument("--sampler", default="default", help="a fixed sampler instead: 'default' (the model's "
+                        "default sampler, the env's 'No RL': DDIM 2 for ldm-sr-tiny-x4-anchored, else 20) or "
+                        "ddim<N>, N plain DDIM steps")
     p.add_argument("--model", help="checkpoint for --sampler: a folder, hub id or 'bundled' (default bundled)")
     p.add_argument("--tile", help="LR tile side in input pixels, a multiple of the UNet's downsampling (default 64 "
                    "for a sampler; a policy's own side), or 'whole': the image as one tile")

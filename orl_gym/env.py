@@ -29,6 +29,7 @@ from orl_gym.rewards import RewardConfig, RewardModel, RewardOutput
 from orl_gym.spaces import action_space, observation_space, observe
 
 __all__ = [
+    "DEFAULT_NUM_INFERENCE_STEPS",
     "ENV_ID",
     "EnvConfig",
     "EnvParams",
@@ -40,8 +41,23 @@ __all__ = [
     "observation_space",
     "observe",
     "reset_rows",
+    "resolve_num_inference_steps",
     "step_batch",
 ]
+
+
+# DDIM steps of the "No RL" schedule for a model that states no default sampler (the CompVis-format
+# bundled model's, and the CPU presets' before models could state their own).
+DEFAULT_NUM_INFERENCE_STEPS = 20
+
+
+def resolve_num_inference_steps(num_inference_steps: int | None, model: LDMSR) -> int:
+    """K of the env's schedule: the one asked for, else the model's default sampler's, else 20."""
+    if num_inference_steps is not None:
+        return int(num_inference_steps)
+    if model.default_num_inference_steps is not None:
+        return int(model.default_num_inference_steps)
+    return DEFAULT_NUM_INFERENCE_STEPS
 
 
 @dataclass(frozen=True)
@@ -59,8 +75,11 @@ class EnvConfig:
             derived from the seed and the image, the same whatever policy runs).
         max_images: use only this many images of the split, evenly spaced over its (class-sorted)
             order so every class keeps its share (None: all).
-        num_inference_steps: length K of the default DDIM schedule the strides move along; the
-            efficiency term counts UNet calls against K.
+        num_inference_steps: length K of the default DDIM schedule the strides move along (the
+            "No RL" sampler is its K plain steps); the efficiency term counts UNet calls against K.
+            None: the model's default sampler (its folder's ``sampler_defaults.json``: 2 for
+            ``ldm-sr-tiny-x4-anchored``), else ``DEFAULT_NUM_INFERENCE_STEPS`` (20). Read the
+            resolved K from ``len(env.params.schedule)``.
         step_budget: env steps allowed per episode (None = K: never binding, since every step
             advances). Not ``max_episode_steps``: gym.make takes that one for its TimeLimit
             wrapper, which would cut episodes off without scoring the image.
@@ -87,7 +106,7 @@ class EnvConfig:
     crop: str = "random"
     image_order: str = "random"
     max_images: int | None = None
-    num_inference_steps: int = 20
+    num_inference_steps: int | None = None
     step_budget: int | None = None
     guidance_cost: float | None = None
     actions: ActionConfig | Mapping = field(default_factory=ActionConfig)
@@ -111,6 +130,9 @@ class EnvConfig:
             raise ValueError(f"image_order: expected 'random' or 'sequential', got {self.image_order!r}")
         if self.max_images is not None and int(self.max_images) < 1:
             raise ValueError(f"max_images: expected >= 1 or None, got {self.max_images}")
+        steps = self.num_inference_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
+            raise ValueError(f"num_inference_steps: expected an int >= 1 or None (the model's default), got {steps!r}")
         if self.step_budget is not None and int(self.step_budget) < 1:
             raise ValueError(f"step_budget: expected >= 1 or None, got {self.step_budget}")
         if self.guidance_cost is not None and not (math.isfinite(self.guidance_cost) and self.guidance_cost >= 0):
@@ -219,7 +241,7 @@ def build_params(config: EnvConfig) -> EnvParams:
         data_config = DataConfig(source=config.data, split=config.split, categories=config.categories,
                                  hr_size=config.hr_size, scale=scale, crop=config.crop)
         dataset = _cached_dataset(data_config, device)
-    schedule = sampler.Schedule.from_model(model, int(config.num_inference_steps))
+    schedule = sampler.Schedule.from_model(model, resolve_num_inference_steps(config.num_inference_steps, model))
     budget = len(schedule) if config.step_budget is None else int(config.step_budget)
     pool = np.arange(len(dataset))
     if config.max_images is not None and config.max_images < len(dataset):

@@ -38,6 +38,14 @@ absent means ``image``):
   and the diffusion only generates what it leaves, a smaller residual whose sampled texture then
   costs less PSNR. The network runs once per decode on the LR image, like bicubic.
 
+A folder may also name its default sampler: ``sampler_defaults.json`` at its root,
+``{"num_inference_steps": K}``, the length of the DDIM schedule its "No RL" sampler runs (and the
+env's strides move along) when the caller gives none. A model trained for few steps from the top
+of a trailing schedule samples best at 2 steps, the CompVis-format one at 20 or more; absent, the
+env's own default applies (``orl_gym.env.DEFAULT_NUM_INFERENCE_STEPS``). Like ``timestep_spacing``
+in the scheduler config, it is a sampler setting, not a trained one: another value is another
+sampler of the same weights.
+
 ``load_ldmsr`` reads such a folder, a hub id, or the bundled default (``"bundled"``); the same
 code path serves all three. ``LDMSRArchitecture`` builds a randomly initialised model of a given
 size: the tests use tiny ones, ``experiments/train_ldm.py`` trains the bundled one.
@@ -60,6 +68,7 @@ from diffusers.configuration_utils import register_to_config
 __all__ = [
     "AnchorNet",
     "BUNDLED_MODEL_NAME",
+    "BUNDLED_MODEL_NAMES",
     "LDMSR",
     "LDMSRArchitecture",
     "LatentTarget",
@@ -67,10 +76,15 @@ __all__ = [
     "bundled_model_path",
     "checkpoint_digest",
     "load_ldmsr",
+    "read_sampler_defaults",
     "resolve_dtype",
 ]
 
-BUNDLED_MODEL_NAME = "ldm-sr-tiny-x4"
+# The default ("bundled"): the network-anchored residual model (issue 24). The package also holds
+# the CompVis-format model (``ldm-sr-tiny-x4``, the pipeline-equality reference) and the
+# bicubic-anchored residual one (``ldm-sr-tiny-x4-residual``): ``bundled_model_path(name)``.
+BUNDLED_MODEL_NAME = "ldm-sr-tiny-x4-anchored"
+BUNDLED_MODEL_NAMES = ("ldm-sr-tiny-x4-anchored", "ldm-sr-tiny-x4-residual", "ldm-sr-tiny-x4")
 REFERENCE_HUB_ID = "CompVis/ldm-super-resolution-4x-openimages"
 
 _COMPONENT_FILES = {
@@ -100,9 +114,12 @@ class ModelLoadError(FileNotFoundError):
     """A checkpoint is missing, incomplete or not an LDM-SR model."""
 
 
-def bundled_model_path() -> Path:
-    """Folder of the tiny aerial LDM-SR model that ships inside the package."""
-    return Path(__file__).resolve().parent / "assets" / BUNDLED_MODEL_NAME
+def bundled_model_path(name: str = BUNDLED_MODEL_NAME) -> Path:
+    """Folder of a tiny aerial LDM-SR model that ships inside the package (default: the default
+    model, what ``load_ldmsr("bundled")`` loads; ``name`` one of ``BUNDLED_MODEL_NAMES``)."""
+    if name not in BUNDLED_MODEL_NAMES:
+        raise ValueError(f"bundled model: unknown {name!r}; the package ships {list(BUNDLED_MODEL_NAMES)}")
+    return Path(__file__).resolve().parent / "assets" / name
 
 
 def checkpoint_digest(folder: str | os.PathLike) -> dict[str, str]:
@@ -137,6 +154,7 @@ TRAINING_SCHEDULER_KEYS = frozenset({
 
 
 LATENT_TARGET_FILE = "latent_target.json"
+SAMPLER_DEFAULTS_FILE = "sampler_defaults.json"
 LATENT_TARGET_KINDS = ("image", "residual")
 ANCHOR_KINDS = ("bicubic", "network")
 ANCHOR_FOLDER = "anchor"
@@ -289,8 +307,16 @@ class LDMSR:
     scheduler: DDIMScheduler
     source: str = "<in memory>"
     latent_target: LatentTarget = field(default_factory=LatentTarget)
+    # The folder's sampler_defaults.json: the DDIM steps of its default sampler (None: not stated).
+    default_num_inference_steps: int | None = None
 
     def __post_init__(self) -> None:
+        steps = self.default_num_inference_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or not 1 <= steps <= self.scheduler.config.num_train_timesteps):
+            raise ModelLoadError(f"{self.source}: default_num_inference_steps must be an int in [1, "
+                                 f"{self.scheduler.config.num_train_timesteps}] (the scheduler's training "
+                                 f"steps) or None, got {steps!r}")
         placement = {name: _placement(module) for name, module in (("vqvae", self.vqvae), ("unet", self.unet))}
         if placement["vqvae"] != placement["unet"]:
             found = ", ".join(f"{name} on {device} in {dtype}" for name, (device, dtype) in placement.items())
@@ -404,7 +430,8 @@ class LDMSR:
 
     def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True) -> None:
         """Write the diffusers pipeline layout (model_index.json + vqvae/ unet/ scheduler/), and
-        ``latent_target.json`` for a residual-format model (and ``anchor/`` for its anchor network)."""
+        ``latent_target.json`` for a residual-format model (and ``anchor/`` for its anchor network),
+        ``sampler_defaults.json`` when the model states its default sampler."""
         from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
             LDMSuperResolutionPipeline,
         )
@@ -417,6 +444,27 @@ class LDMSR:
         if self.latent_target.anchor == "network":
             self.latent_target.network.save_pretrained(str(Path(path) / ANCHOR_FOLDER),
                                                        safe_serialization=safe_serialization)
+        if self.default_num_inference_steps is not None:
+            (Path(path) / SAMPLER_DEFAULTS_FILE).write_text(
+                json.dumps({"num_inference_steps": self.default_num_inference_steps}, indent=2) + "\n")
+
+
+def read_sampler_defaults(folder: Path) -> int | None:
+    """The default DDIM steps a checkpoint folder states in ``sampler_defaults.json`` (None: no file)."""
+    path = Path(folder) / SAMPLER_DEFAULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or set(data) != {"num_inference_steps"}:
+            raise ValueError(f"expected exactly the key 'num_inference_steps', got {data!r}")
+        steps = data["num_inference_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {steps!r}")
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise ModelLoadError(f"model: {path} is not a valid sampler default ({err}); expected "
+                             '{"num_inference_steps": 2}, or delete the file to use the env\'s default') from err
+    return steps
 
 
 def _placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -548,8 +596,9 @@ def load_ldmsr(
             raise ModelLoadError(f"model: {location}: {component}/config.json does not match its weights "
                                  f"(a config edited, or from another checkpoint): {detail}") from err
         raise ModelLoadError(f"model: could not load {component} of {location}: {detail}") from err
+    default_steps = read_sampler_defaults(local) if local.exists() else None
     return LDMSR(vqvae=vqvae, unet=unet, scheduler=scheduler, source=location,
-                 latent_target=latent_target).to(device, torch_dtype)
+                 latent_target=latent_target, default_num_inference_steps=default_steps).to(device, torch_dtype)
 
 
 @dataclass(frozen=True)

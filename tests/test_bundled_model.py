@@ -1,4 +1,5 @@
-"""The bundled default model (orl_gym/assets/ldm-sr-tiny-x4) loads and denoises a real image."""
+"""The bundled CompVis-format model (orl_gym/assets/ldm-sr-tiny-x4, the default until issue 24)
+loads, denoises a real image and runs as diffusers' LDMSuperResolutionPipeline."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from orl_gym import sampler
 from orl_gym.models import bundled_model_path, load_ldmsr
 from orl_gym.sampler import Schedule, StepParams
 
+COMPVIS_FORMAT = bundled_model_path("ldm-sr-tiny-x4")
+
 pytestmark = pytest.mark.skipif(
-    not (bundled_model_path() / "model_index.json").is_file(),
-    reason=f"the bundled checkpoint {bundled_model_path()} is not there yet: "
+    not (COMPVIS_FORMAT / "model_index.json").is_file(),
+    reason=f"the bundled checkpoint {COMPVIS_FORMAT} is not there yet: "
     "train and export it with experiments/train_ldm.py",
 )
 
 
 @pytest.fixture(scope="module")
 def bundled():
-    return load_ldmsr("bundled")
+    return load_ldmsr(COMPVIS_FORMAT)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def real_pair(data_root):
 
 
 def test_bundled_checkpoint_is_small_and_float32_in_memory(bundled):
-    size = sum(f.stat().st_size for f in bundled_model_path().rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in COMPVIS_FORMAT.rglob("*") if f.is_file())
     assert size <= 25e6
     assert bundled.dtype == torch.float32 and bundled.vqvae.dtype == torch.float32
     assert bundled.scale_factor == 4 and bundled.latent_channels == 3
@@ -71,7 +74,7 @@ def test_diffusers_pipeline_from_pretrained_runs_two_steps(real_pair):
         LDMSuperResolutionPipeline,
     )
 
-    pipe = LDMSuperResolutionPipeline.from_pretrained(str(bundled_model_path()), dtype=torch.float32)
+    pipe = LDMSuperResolutionPipeline.from_pretrained(str(COMPVIS_FORMAT), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.dtype == torch.float32
     images = pipe(real_pair.lr * 2 - 1, num_inference_steps=2, eta=0.0, output_type="pt",

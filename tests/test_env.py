@@ -330,6 +330,8 @@ def test_make_with_no_arguments_uses_the_bundled_model(data_root, lpips_home, mo
     env = gym.make(orl_gym.ENV_ID)
     obs, _ = env.reset(seed=0)
     assert obs["lr"].shape == (3 * 16 * 16,)
+    # The default model states its default sampler (2 DDIM steps from the top of a trailing schedule).
+    assert env.unwrapped.params.schedule.timesteps.tolist() == [999, 499]
     venv = gym.make_vec(orl_gym.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point")
     obs, _ = venv.reset(seed=0)
     obs, *_ = venv.step(venv.action_space.sample())

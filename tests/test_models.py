@@ -195,3 +195,50 @@ def test_a_cuda_device_the_machine_lacks_is_a_clear_error(tiny_model, tmp_path, 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 1 CUDA device\(s\), cuda:0\.\.cuda:0"):
         load_ldmsr(tmp_path / "ckpt", device="cuda:3")
+
+
+def test_a_stated_default_sampler_round_trips_and_sets_the_env_schedule(tiny_model, tmp_path, image_folder,
+                                                                       lpips_home):
+    """sampler_defaults.json: saved with the model, read back, and the env's K when it is given none;
+    an explicit num_inference_steps still wins, and a model that states nothing gets the env's 20."""
+    import dataclasses
+
+    import gymnasium as gym
+
+    import orl_gym
+    from orl_gym.env import DEFAULT_NUM_INFERENCE_STEPS
+
+    dataclasses.replace(tiny_model, default_num_inference_steps=3).save_pretrained(tmp_path / "three")
+    assert json.loads((tmp_path / "three" / "sampler_defaults.json").read_text()) == {"num_inference_steps": 3}
+    tiny_model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "sampler_defaults.json").exists()
+    assert load_ldmsr(tmp_path / "three").default_num_inference_steps == 3
+    kwargs = dict(data=str(image_folder), hr_size=32, device="cpu")
+    lengths = {}
+    for name, model, steps in (("stated", tmp_path / "three", None), ("explicit", tmp_path / "three", 5),
+                               ("unstated", tmp_path / "plain", None)):
+        env = gym.make(orl_gym.ENV_ID, model=str(model), num_inference_steps=steps, **kwargs)
+        lengths[name] = len(env.unwrapped.params.schedule)
+    assert lengths == {"stated": 3, "explicit": 5, "unstated": DEFAULT_NUM_INFERENCE_STEPS}
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"num_inference_steps": 0}', "an int >= 1"),
+    ('{"num_inference_steps": 2.5}', "an int >= 1"),
+    ('{"steps": 2}', "exactly the key"),
+    ("not json", "not a valid sampler default"),
+])
+def test_a_broken_sampler_defaults_file_is_named(tiny_model, tmp_path, content, problem):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "sampler_defaults.json").write_text(content)
+    with pytest.raises(ModelLoadError, match=f"sampler_defaults.json.*{problem}"):
+        load_ldmsr(tmp_path / "ckpt")
+
+
+def test_num_inference_steps_must_be_a_positive_int_or_none():
+    from orl_gym.env import EnvConfig
+
+    for bad in (0, -2, 2.5, True, "20"):
+        with pytest.raises(ValueError, match="num_inference_steps: expected an int >= 1 or None"):
+            EnvConfig(num_inference_steps=bad)
+    assert EnvConfig().num_inference_steps is None and EnvConfig(num_inference_steps=4).num_inference_steps == 4

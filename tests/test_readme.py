@@ -50,7 +50,7 @@ def test_readme_is_short_and_its_links_exist():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) < 150
     targets = re.findall(r"\]\(([^)#\s]+)", text)
-    assert "experiments/results/comparison.png" in targets and "docs/index.md" in targets
+    assert "experiments/results/anchored/comparison.png" in targets and "docs/index.md" in targets
     missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()]
     assert not missing
 

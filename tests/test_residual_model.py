@@ -17,7 +17,14 @@ import orl_gym
 from orl_gym import sampler
 from orl_gym.actions import encode_params
 from orl_gym.data import upsample_bicubic
-from orl_gym.models import AnchorNet, LatentTarget, LDMSRArchitecture, ModelLoadError, load_ldmsr
+from orl_gym.models import (
+    AnchorNet,
+    LatentTarget,
+    LDMSRArchitecture,
+    ModelLoadError,
+    bundled_model_path,
+    load_ldmsr,
+)
 from orl_gym.rewards import bicubic_upsample
 from orl_gym.sampler import Schedule, StepParams
 
@@ -254,6 +261,8 @@ def test_the_shipped_network_anchored_model_loads_with_its_anchor_and_trailing_s
     assert model.latent_target.is_residual and model.latent_target.anchor == "network"
     assert isinstance(model.latent_target.network, AnchorNet)
     assert model.scheduler.config.timestep_spacing == "trailing"
+    assert model.default_num_inference_steps == 2  # its sampler_defaults.json: the default sampler
+    assert bundled_model_path() == folder.resolve()  # the default model, what "bundled" loads
     schedule = Schedule.from_model(model, 2)
     assert schedule.timesteps.tolist() == [999, 499]  # DDIM 2 starts at the top, not at t = 500
     lr = _lr(1)

@@ -407,6 +407,17 @@ def test_v_prediction_run_exports_its_scheduler_and_refuses_a_switch(train_ldm, 
     # Resuming the UNet for another target is refused with what to do.
     with pytest.raises(SystemExit, match="--prediction-type v_prediction"):
         train_ldm.main(_args(out, synthetic_data, 2, 4, "--stages", "unet", "--prediction-type", "epsilon"))
+    # Nothing said: the scheduler's leading spacing and no stated default sampler.
+    assert load_ldmsr(out / "export").scheduler.config.timestep_spacing == "leading"
+    assert not (out / "export" / "sampler_defaults.json").exists()
+    # The sampler settings of an export, by command (the anchored asset's trailing spacing and 2 steps).
+    assert train_ldm.main(_args(out, synthetic_data, 2, 2, "--export-only", "--timestep-spacing", "trailing",
+                                "--export-inference-steps", "2")) == 0
+    exported = load_ldmsr(out / "export")
+    assert exported.scheduler.config.timestep_spacing == "trailing" and exported.default_num_inference_steps == 2
+    assert exported.scheduler.config.prediction_type == "v_prediction"  # the trained keys untouched
+    with pytest.raises(SystemExit, match="--export-inference-steps: expected 0"):
+        train_ldm.main(_args(out, synthetic_data, 2, 2, "--export-only", "--export-inference-steps", "-1"))
 
 
 def test_lowfreq_term_changes_training_and_is_recorded_from_its_step(train_ldm, synthetic_data, tmp_path):

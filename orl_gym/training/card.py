@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from orl_gym.data import DATA_ENV_VAR
-from orl_gym.models import LatentTarget
+from orl_gym.models import BUNDLED_MODEL_NAMES, LatentTarget
 from orl_gym.training.checkpoints import unet_prediction_type
 from orl_gym.training.config import PREDICTION_OBJECTIVES, VAL_NAMES, TrainConfig
 
@@ -217,23 +217,30 @@ def objective_description(unet_ckpt: dict) -> str:
     return f"{text} ({'; '.join(parts)})"
 
 
-def card_format_section(target: LatentTarget) -> list[str]:
-    """The card's paragraph on the checkpoint's format and how to load it."""
+def card_format_section(target: LatentTarget, name: str = "ldm-sr-tiny-x4", steps: int = 20) -> list[str]:
+    """The card's paragraph on the checkpoint's format and how to load it: ``name`` is the folder's
+    (a bundled model is loaded by its name, any other by its path), ``steps`` the DDIM steps of
+    the snippet (the model's default sampler where it states one). Whether a model is the package's
+    default is not the export's to say: the card does not claim it."""
+    bundled = name in BUNDLED_MODEL_NAMES
+    where = f"bundled_model_path({name!r})" if bundled else '"path/to/this/folder"'
+    imports = "bundled_model_path, load_ldmsr" if bundled else "load_ldmsr"
+    intro = ("A tiny LDM-SR model for orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
+             "aerial imagery. ")
     if not target.is_residual:
         return [
-            "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
-            "aerial imagery. Same format as `CompVis/ldm-super-resolution-4x-openimages` "
+            intro + "Same format as `CompVis/ldm-super-resolution-4x-openimages` "
             "(diffusers `LDMSuperResolutionPipeline`: VQModel f = 4 with 3 latent channels, "
             "UNet2DModel on concat(latent, LR) with 6 input channels, DDIM scheduler), so the same "
             "code runs both. Weights are stored in float16 to keep the package small; both loaders "
             "give float32 modules on the CPU:",
             "",
             "```python",
-            "from orl_gym.models import bundled_model_path, load_ldmsr",
-            "model = load_ldmsr(\"bundled\")  # float32",
+            f"from orl_gym.models import {imports}",
+            f"model = load_ldmsr({where})  # float32",
             "from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (",
             "    LDMSuperResolutionPipeline)",
-            "pipe = LDMSuperResolutionPipeline.from_pretrained(bundled_model_path(), dtype=torch.float32)",
+            f"pipe = LDMSuperResolutionPipeline.from_pretrained({where}, dtype=torch.float32)",
             "# lr: (B, 3, h, w) in [0, 1]; the pipeline takes tensors in [-1, 1]",
             "sr = pipe(lr * 2 - 1, num_inference_steps=100, eta=0.0, output_type=\"pt\").images",
             "```",
@@ -246,8 +253,7 @@ def card_format_section(target: LatentTarget) -> list[str]:
     else:
         over, anchor, zero = "the bicubic upsampling of the LR input", "bicubic(LR)", "A zero residual is exactly bicubic."
     return [
-        "The default model of orl_gym's CPU presets, trained by `experiments/train_ldm.py` on real "
-        "aerial imagery. An LR-anchored (residual) latent-diffusion model: the components are "
+        intro + "An LR-anchored (residual) latent-diffusion model: the components are "
         "diffusers' (VQModel f = 4 with 3 latent channels, UNet2DModel on concat(latent, LR) with 6 "
         "input channels, DDIM scheduler) in the folder layout of "
         "`CompVis/ldm-super-resolution-4x-openimages`, but the VQ autoencodes the residual over "
@@ -261,9 +267,9 @@ def card_format_section(target: LatentTarget) -> list[str]:
         "```python",
         "import torch",
         "from orl_gym import sampler",
-        "from orl_gym.models import load_ldmsr",
-        "model = load_ldmsr(\"bundled\")  # float32",
-        "schedule = sampler.Schedule.from_model(model, 20)",
+        f"from orl_gym.models import {imports}",
+        f"model = load_ldmsr({where})  # float32",
+        f"schedule = sampler.Schedule.from_model(model, {steps})",
         "# lr: (B, 3, h, w) in [0, 1]",
         "state = sampler.init_state(model, schedule, lr, sampler.make_generators(range(len(lr))))",
         "while not bool(state.done(schedule).all()):",
@@ -281,7 +287,8 @@ def training_hours(*ckpts: dict | None) -> str:
 
 
 def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card: str | None,
-               decoder_ckpt: dict | None = None, anchor_ckpt: dict | None = None) -> str:
+               decoder_ckpt: dict | None = None, anchor_ckpt: dict | None = None,
+               name: str = "ldm-sr-tiny-x4") -> str:
     """The model card: fixed text, the training section (regenerated) and the evaluation
     section of ``old_card`` (kept until eval_base_model.py rewrites it; the caller passes an old
     card only when its evaluation is of the same weights)."""
@@ -290,9 +297,9 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
     if old_card and EVAL_BEGIN in old_card and EVAL_END in old_card:
         evaluation = EVAL_BEGIN + old_card.split(EVAL_BEGIN, 1)[1].split(EVAL_END, 1)[0] + EVAL_END
     return "\n".join([
-        "# ldm-sr-tiny-x4: a tiny latent-diffusion x4 super-resolution model for aerial images",
+        f"# {name}: a tiny latent-diffusion x4 super-resolution model for aerial images",
         "",
-        *card_format_section(cfg.target),
+        *card_format_section(cfg.target, name, cfg.export_inference_steps or 20),
         architecture_sentence(vq_ckpt["model"], unet_ckpt["model"] if unet_ckpt else None)
         + "the LR side must be a multiple of 4 (the UNet's three levels), i.e. HR a multiple of 16.",
         "",

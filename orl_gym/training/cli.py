@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None, *, script: str | os.PathLike) -> int:
     arguments in the run's commands.log (and so in the model card)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = resolve_config(parse_args(argv), argv)
+    if cfg.export_inference_steps < 0:
+        # Checked before training: the export, hours later, would refuse it.
+        raise SystemExit(f"--export-inference-steps: expected 0 (not stated) or the DDIM steps of the model's "
+                         f"default sampler, got {cfg.export_inference_steps}")
     if cfg.data is not None:
         # Recorded as an absolute path: a resume keeps --data (resolve_config) and may run from
         # another working directory.

@@ -132,6 +132,13 @@ class TrainConfig:
     max_minutes: float = 0.0
     export: str | None = None
     export_dtype: str = "float16"
+    # The exported sampler settings (not trained: a resume keeps them, another value is another
+    # sampler of the same weights). "trailing" starts a K-step DDIM schedule at t = T - 1 (with
+    # "leading", DDIM 2 starts at t = 500, half-way down: docs/base-model.md, issue 24).
+    # export_inference_steps: the model's default sampler (sampler_defaults.json), 0: not stated
+    # (the env then runs its own default, 20 steps).
+    timestep_spacing: str = "leading"
+    export_inference_steps: int = 0
     export_only: bool = False
     no_export: bool = False
     stages: str = "vq,unet"
@@ -161,6 +168,10 @@ class TrainConfig:
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+# diffusers' DDIMScheduler.set_timesteps spacings.
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 # The card's wording of each UNet objective.
@@ -320,6 +331,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--export", default=d.export,
                    help="also write the diffusers folder here (default: <out>/export)")
     g.add_argument("--export-dtype", default=d.export_dtype, choices=("float16", "float32"))
+    g.add_argument("--timestep-spacing", default=d.timestep_spacing, choices=TIMESTEP_SPACINGS,
+                   help="the exported scheduler's timestep_spacing (diffusers): 'trailing' starts every "
+                        "DDIM schedule at t = T - 1, which few-step samplers need")
+    g.add_argument("--export-inference-steps", type=int, default=d.export_inference_steps,
+                   help="the exported model's default sampler, DDIM steps (sampler_defaults.json; the env's "
+                        "'No RL' and upscale's default); 0: not stated (the env's default, 20)")
     g.add_argument("--export-only", action="store_true", help="export the checkpoints, no training")
     g.add_argument("--no-export", action="store_true", help="train only, no export at the end")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")

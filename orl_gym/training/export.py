@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +40,9 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
     # The scheduler config says what the exported UNet predicts: the checkpoint's, not the command line's.
     prediction_type = unet_prediction_type(unet_ckpt) if unet_ckpt else cfg.prediction_type
     model = build_model(TrainConfig(**{**asdict(cfg), "device": "cpu", "prediction_type": prediction_type}))
+    # The sampler settings of the export: how its default sampler runs, not what was trained.
+    model = replace(model.with_scheduler_config(timestep_spacing=cfg.timestep_spacing),
+                    default_num_inference_steps=cfg.export_inference_steps or None)
     vq_ckpt = torch.load(vq_path, map_location="cpu", weights_only=False)
     anchor_ckpt = load_trained_anchor(cfg, model, "export")
     check_vq_anchor(cfg, vq_ckpt, anchor_ckpt)
@@ -86,7 +89,9 @@ def export(cfg: TrainConfig, folder: Path) -> Path:
               "experiments/eval_base_model.py on the export)", file=sys.stderr)
     trained_unet = unet_ckpt if unet_step or (unet_ckpt or {}).get("imported_from") else None
     (tmp / "README.md").write_text(model_card(cfg, vq_ckpt, trained_unet, old_card if same_weights else None,
-                                              decoder_ckpt, anchor_ckpt))
+                                              decoder_ckpt, anchor_ckpt,
+                                              # <out>/export is named after its run
+                                              name=Path(cfg.out).name if folder.name == "export" else folder.name))
     if same_weights:
         shutil.copy2(results_path, tmp / "eval_results.json")
     old = folder.with_name(folder.name + ".old-export")

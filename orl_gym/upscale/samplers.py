@@ -20,8 +20,10 @@ from orl_gym.models import LDMSR, load_ldmsr
 
 __all__ = ["DEFAULT_SAMPLER", "Policy", "TileSampler", "sampler_from_name", "sampler_from_policy", "sampler_from_run"]
 
-DEFAULT_SAMPLER = "ddim20"
-"""The fixed sampler ``upscale`` uses when given none: the presets' 20 plain DDIM steps."""
+DEFAULT_SAMPLER = "default"
+"""The fixed sampler ``upscale`` uses when given none: the model's default sampler, plain DDIM over
+the env's default schedule (``orl_gym.env.resolve_num_inference_steps``: the model folder's
+``sampler_defaults.json``, else 20 steps), the env's "No RL"."""
 
 Policy = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 """``policy(obs, episode_start) -> actions (B, k)``, as ``orl_gym.run_policies`` loads them."""
@@ -44,7 +46,7 @@ class TileSampler:
             with its step count): model, hr_size, num_inference_steps, step_budget, actions,
             output_fix, device, dtype.
         model: the loaded LDM-SR model.
-        schedule: the default DDIM schedule of ``config.num_inference_steps`` steps.
+        schedule: the default DDIM schedule (``config.num_inference_steps`` steps, None: the model's).
         policy: ``policy(obs, episode_start) -> actions (B, k)``, or None for ``fixed_action``.
         fixed_action: the (k,) action every step takes when there is no policy.
         name: what drives the tiles, for messages and figure labels.
@@ -98,21 +100,23 @@ def _load_model(config: EnvConfig) -> LDMSR:
 def sampler_from_name(name: str = DEFAULT_SAMPLER, *, model: str | LDMSR = "bundled", device: str = "cpu",
                       dtype: str = "float32", output_fix: str = "none") -> TileSampler:
     """A fixed sampler: ``"ddim<N>"`` = N steps of plain DDIM (stride 1, eta 0, noise scale 1, no
-    guidance): the env's "No RL" action ``encode_params(ActionConfig())``; ``ddim20`` is the
-    presets' ``num_inference_steps``."""
+    guidance): the env's "No RL" action ``encode_params(ActionConfig())`` over an N-step schedule;
+    ``"default"``: the same over the model's default schedule (the env's "No RL" itself)."""
     match = re.fullmatch(r"ddim(\d+)", str(name))
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"--sampler: unknown sampler {name!r}; use ddim<N>, e.g. {DEFAULT_SAMPLER} (N plain DDIM "
-                         "steps), or a trained policy with --run RUN")
+    if str(name) != "default" and (not match or int(match.group(1)) < 1):
+        raise ValueError(f"--sampler: unknown sampler {name!r}; use 'default' (the model's default sampler) or "
+                         "ddim<N> (N plain DDIM steps, e.g. ddim20), or a trained policy with --run RUN")
     if isinstance(model, LDMSR):
         device, dtype = str(model.device), str(model.dtype).removeprefix("torch.")
     if torch.device(device).type == "cpu":
         dtype = "float32"
-    config = EnvConfig(model=model, num_inference_steps=int(match.group(1)), device=device, dtype=dtype,
-                       output_fix=output_fix)
+    config = EnvConfig(model=model, num_inference_steps=int(match.group(1)) if match else None, device=device,
+                       dtype=dtype, output_fix=output_fix)
     loaded = _load_model(config)
-    return TileSampler(config=config, model=loaded, schedule=sampler.Schedule.from_model(loaded, config.num_inference_steps),
-                       fixed_action=encode_params(config.actions), name=f"{name} (plain DDIM)")
+    steps = env_module.resolve_num_inference_steps(config.num_inference_steps, loaded)
+    label = f"{name} (plain DDIM)" if match else f"default sampler (DDIM {steps}, plain)"
+    return TileSampler(config=config, model=loaded, schedule=sampler.Schedule.from_model(loaded, steps),
+                       fixed_action=encode_params(config.actions), name=label)
 
 
 def sampler_from_policy(policy: Policy, env_kwargs: Mapping[str, Any], *, name: str = "policy") -> TileSampler:
@@ -124,8 +128,8 @@ def sampler_from_policy(policy: Policy, env_kwargs: Mapping[str, Any], *, name: 
     if config.hr_size % model.hr_multiple:
         raise ValueError(f"hr_size: {config.hr_size} px does not fit this model (a multiple of {model.hr_multiple} "
                          "is needed)")
-    tiles = TileSampler(config=config, model=model, schedule=sampler.Schedule.from_model(model, config.num_inference_steps),
-                        policy=policy, name=name)
+    schedule = sampler.Schedule.from_model(model, env_module.resolve_num_inference_steps(config.num_inference_steps, model))
+    tiles = TileSampler(config=config, model=model, schedule=schedule, policy=policy, name=name)
     check = getattr(policy, "check_spaces", None)
     if check is not None:
         check(env_module.observation_space(tiles), env_module.action_space(tiles))
