@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from orl_gym.configs import parse_key_values
 from orl_gym.data import DATA_ENV_VAR, DataConfig, PairDataset
 from orl_gym.evaluation import paired_interval
 from orl_gym.io import atomic_write_text, rerun_command
@@ -85,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma list of orl_gym.postprocess corrections to report after each sampler "
                    "(empty: none)")
     p.add_argument("--scheduler-config", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override keys of the checkpoint's scheduler config (values parsed as JSON, "
+                   help="override keys of the checkpoint's scheduler config (values parsed as YAML, "
                    "else kept as strings), e.g. timestep_spacing=trailing")
     p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
     p.add_argument("--device", default="cpu")
@@ -124,17 +125,11 @@ def make_lpips(device: str, disabled: bool) -> tuple[object | None, str]:
 
 def parse_scheduler_config(items: list[str]) -> dict:
     """``["timestep_spacing=trailing", "steps_offset=1"]`` -> {"timestep_spacing": "trailing",
-    "steps_offset": 1}: values are JSON where they parse (numbers, true / false, null)."""
-    overrides = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--scheduler-config: {item!r} is not KEY=VALUE")
-        try:
-            overrides[key] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key] = text
-    return overrides
+    "steps_offset": 1} (values parsed as YAML, as every KEY=VALUE option of orl_gym's)."""
+    try:
+        return parse_key_values(items, "--scheduler-config", "timestep_spacing=trailing")
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def run_sampler(model, pipe, lr: torch.Tensor, steps: int, eta: float, seed: int,

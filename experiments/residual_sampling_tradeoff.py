@@ -31,7 +31,6 @@ to a Markdown file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from orl_gym import sampler
+from orl_gym.configs import parse_key_values
 from orl_gym.data import DataConfig, PairDataset, upsample_bicubic
 from orl_gym.evaluation import paired_interval
 from orl_gym.io import machine_description, rerun_command, write_report
@@ -47,7 +47,6 @@ from orl_gym.models import load_ldmsr
 from orl_gym.rewards import LPIPS, psnr
 
 REPO = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
 DDIM_STEPS = (2, 5, 10, 20)
 START_INDICES = (4, 8, 12, 16)  # entries of the 20-step schedule to enter at
 
@@ -75,14 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "residual_sampling_tradeoff.md")
     return p.parse_args(argv)
-
-
-def _eval_base_model():
-    """experiments/eval_base_model.py as a module (for its --scheduler-config parser)."""
-    spec = importlib.util.spec_from_file_location("eval_base_model", HERE / "eval_base_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _int_list(text: str) -> list[int]:
@@ -122,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_ldmsr(args.model)
-    overrides = _eval_base_model().parse_scheduler_config(args.scheduler_config)
+    try:
+        overrides = parse_key_values(args.scheduler_config, "--scheduler-config", "timestep_spacing=trailing")
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if overrides:
         model = model.with_scheduler_config(**overrides)
     if not model.latent_target.is_residual:

@@ -42,3 +42,12 @@ def test_bad_overrides_name_what_is_wrong(override, message):
     with pytest.raises(ValueError) as err:
         apply_env_overrides(env_preset("tiny-x4"), [override])
     assert message in str(err.value)
+
+
+def test_key_values_parse_as_yaml_and_name_the_option():
+    from orl_gym.configs import parse_key_values
+
+    assert parse_key_values(["timestep_spacing=trailing", "steps_offset=1", "x=null"], "--opt", "a=b") == {
+        "timestep_spacing": "trailing", "steps_offset": 1, "x": None}
+    with pytest.raises(ValueError, match="--opt: expected KEY=VALUE, got 'trailing'"):
+        parse_key_values(["trailing"], "--opt", "a=b")

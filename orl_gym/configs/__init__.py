@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 __all__ = ["CONFIG_DIR", "agent_entry", "apply_env_overrides", "env_preset", "env_presets", "load_yaml_mapping",
-           "parse_yaml_value", "yaml_error_summary"]
+           "parse_key_values", "parse_yaml_value", "yaml_error_summary"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -68,6 +68,12 @@ def parse_yaml_value(item: str, option: str, example: str) -> tuple[str, Any]:
     except yaml.YAMLError as error:
         raise ValueError(f"{option} {item}: the value is not valid YAML ({yaml_error_summary(error)}); quote "
                          f"it for the shell, e.g. {example!r}") from None
+
+
+def parse_key_values(items: Iterable[str], option: str, example: str) -> dict[str, Any]:
+    """``["timestep_spacing=trailing", "steps_offset=1"]`` -> {"timestep_spacing": "trailing",
+    "steps_offset": 1}: every item by :func:`parse_yaml_value` (ValueError naming ``option``)."""
+    return dict(parse_yaml_value(item, option, example) for item in items)
 
 
 def env_presets() -> list[str]:
