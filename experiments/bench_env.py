@@ -26,12 +26,12 @@ import time
 import numpy as np
 import torch
 
+from orl_gym import sampler
 from orl_gym.actions import encode_params
 from orl_gym.configs import env_preset
 from orl_gym.io import machine_description, rerun_command, write_report
 from orl_gym.precision import ieee_float32
 from orl_gym.profiling import ComputeBound, count_flops, matmul_gflops
-from orl_gym.sampler import vq_decode
 from orl_gym.vector import LDMSuperResolutionVectorEnv
 
 
@@ -83,9 +83,7 @@ def _model_work_seconds(env: LDMSuperResolutionVectorEnv) -> float:
         start = time.perf_counter()
         for _ in range(len(params.schedule)):
             params.model.unet(unet_input, t)
-        decoded = vq_decode(params.model, latents)  # the decode the env uses (same values as vqvae.decode, faster)
-        if params.model.latent_target.anchor == "network":
-            params.model.latent_target.anchor_image(state.lr, decoded.shape[-2:])
+        sampler.decode(params.model, latents, state.lr)  # the env's decode (a network anchor's forward included)
         _sync(params.device)
     return time.perf_counter() - start
 

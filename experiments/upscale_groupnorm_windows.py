@@ -39,7 +39,6 @@ from upscale_example import first_test_image, load_pair, parse_with_data, psnr
 
 from orl_gym import sampler
 from orl_gym.io import machine_description, rerun_command, write_report
-from orl_gym.models import BUNDLED_MODEL_NAME
 from orl_gym.upscale import NoiseField, sampler_from_name, upscale_tiles
 from orl_gym.upscale.grid import _positions
 
@@ -161,7 +160,7 @@ def main() -> None:
                         "upscale_groupnorm_windows_<model folder>[_<sampler>].md; ddim20 unnamed)")
     args, ucmerced = parse_with_data(parser)
     tiles = sampler_from_name(args.sampler, model=args.model)
-    name = BUNDLED_MODEL_NAME if args.model == "bundled" else args.model.rstrip("/").split("/")[-1]
+    name = Path(tiles.model.source).name  # the folder's name, also for "bundled"
     suffix = "" if args.sampler == "ddim20" else f"_{args.sampler}"
     out = args.out or RESULTS / f"upscale_groupnorm_windows_{name}{suffix}.md"
     ways = ("tiles", "windows, own statistics", "windows, whole-image statistics")

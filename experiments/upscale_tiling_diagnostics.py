@@ -3,7 +3,8 @@
     ORL_GYM_DATA=../shared/data python experiments/upscale_tiling_diagnostics.py --threads 1
 
 The images and their LR inputs are upscale_example.py's (the first 256 px test-split UC Merced
-image of a class, its 64 px bicubic downsampling in 8 bits); ``ddim20`` on the bundled model.
+image of a class, its 64 px bicubic downsampling in 8 bits); ``ddim20`` on ``ldm-sr-tiny-x4``, the
+CompVis-format model (the default before issue 24), whose mid-block attention it switches off.
 PSNR is against the original; "gap" is tiled minus untiled; "apart" is the PSNR of one result
 against the other. Printed as Markdown:
 
@@ -32,6 +33,7 @@ from upscale_example import first_test_image, load_pair, parse_with_data, psnr
 from orl_gym import env as env_module
 from orl_gym import sampler
 from orl_gym.io import machine_description, rerun_command
+from orl_gym.models import bundled_model_path
 from orl_gym.upscale import (
     NoiseField,
     TileGrid,
@@ -137,7 +139,8 @@ def _variant(base, *, attention: bool, whole_groupnorm: bool):
 def main() -> None:
     _, ucmerced = parse_with_data(argparse.ArgumentParser(description=__doc__,
                                                           formatter_class=argparse.RawDescriptionHelpFormatter))
-    tiles = sampler_from_name("ddim20")
+    # Pinned: docs/upscale.md's diagnostics are of this model (its mid-block attention among them).
+    tiles = sampler_from_name("ddim20", model=str(bundled_model_path("ldm-sr-tiny-x4")))
     pairs = {category: load_pair(first_test_image(ucmerced, category)) for category in IMAGES}
     print(f"{machine_description()}; `{rerun_command(__file__)}`\n")
 

@@ -38,6 +38,7 @@ __all__ = [
     "StepResult",
     "action_space",
     "build_params",
+    "default_schedule",
     "observation_space",
     "observe",
     "reset_rows",
@@ -58,6 +59,11 @@ def resolve_num_inference_steps(num_inference_steps: int | None, model: LDMSR) -
     if model.default_num_inference_steps is not None:
         return int(model.default_num_inference_steps)
     return DEFAULT_NUM_INFERENCE_STEPS
+
+
+def default_schedule(model: LDMSR, num_inference_steps: int | None) -> sampler.Schedule:
+    """The env's default DDIM schedule (the "No RL" sampler's), of ``resolve_num_inference_steps`` steps."""
+    return sampler.Schedule.from_model(model, resolve_num_inference_steps(num_inference_steps, model))
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,7 @@ def build_params(config: EnvConfig) -> EnvParams:
         data_config = DataConfig(source=config.data, split=config.split, categories=config.categories,
                                  hr_size=config.hr_size, scale=scale, crop=config.crop)
         dataset = _cached_dataset(data_config, device)
-    schedule = sampler.Schedule.from_model(model, resolve_num_inference_steps(config.num_inference_steps, model))
+    schedule = default_schedule(model, config.num_inference_steps)
     budget = len(schedule) if config.step_budget is None else int(config.step_budget)
     pool = np.arange(len(dataset))
     if config.max_images is not None and config.max_images < len(dataset):

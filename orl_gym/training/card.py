@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from orl_gym.data import DATA_ENV_VAR
+from orl_gym.env import DEFAULT_NUM_INFERENCE_STEPS
 from orl_gym.models import BUNDLED_MODEL_NAMES, LatentTarget
 from orl_gym.training.checkpoints import unet_prediction_type
 from orl_gym.training.config import PREDICTION_OBJECTIVES, VAL_NAMES, TrainConfig
@@ -299,7 +300,7 @@ def model_card(cfg: TrainConfig, vq_ckpt: dict, unet_ckpt: dict | None, old_card
     return "\n".join([
         f"# {name}: a tiny latent-diffusion x4 super-resolution model for aerial images",
         "",
-        *card_format_section(cfg.target, name, cfg.export_inference_steps or 20),
+        *card_format_section(cfg.target, name, cfg.export_inference_steps or DEFAULT_NUM_INFERENCE_STEPS),
         architecture_sentence(vq_ckpt["model"], unet_ckpt["model"] if unet_ckpt else None)
         + "the LR side must be a multiple of 4 (the UNet's three levels), i.e. HR a multiple of 16.",
         "",

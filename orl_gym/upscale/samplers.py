@@ -113,10 +113,10 @@ def sampler_from_name(name: str = DEFAULT_SAMPLER, *, model: str | LDMSR = "bund
     config = EnvConfig(model=model, num_inference_steps=int(match.group(1)) if match else None, device=device,
                        dtype=dtype, output_fix=output_fix)
     loaded = _load_model(config)
-    steps = env_module.resolve_num_inference_steps(config.num_inference_steps, loaded)
-    label = f"{name} (plain DDIM)" if match else f"default sampler (DDIM {steps}, plain)"
-    return TileSampler(config=config, model=loaded, schedule=sampler.Schedule.from_model(loaded, steps),
-                       fixed_action=encode_params(config.actions), name=label)
+    schedule = env_module.default_schedule(loaded, config.num_inference_steps)
+    label = f"{name} (plain DDIM)" if match else f"default sampler (DDIM {len(schedule)}, plain)"
+    return TileSampler(config=config, model=loaded, schedule=schedule, fixed_action=encode_params(config.actions),
+                       name=label)
 
 
 def sampler_from_policy(policy: Policy, env_kwargs: Mapping[str, Any], *, name: str = "policy") -> TileSampler:
@@ -128,8 +128,8 @@ def sampler_from_policy(policy: Policy, env_kwargs: Mapping[str, Any], *, name: 
     if config.hr_size % model.hr_multiple:
         raise ValueError(f"hr_size: {config.hr_size} px does not fit this model (a multiple of {model.hr_multiple} "
                          "is needed)")
-    schedule = sampler.Schedule.from_model(model, env_module.resolve_num_inference_steps(config.num_inference_steps, model))
-    tiles = TileSampler(config=config, model=model, schedule=schedule, policy=policy, name=name)
+    tiles = TileSampler(config=config, model=model, schedule=env_module.default_schedule(model, config.num_inference_steps),
+                        policy=policy, name=name)
     check = getattr(policy, "check_spaces", None)
     if check is not None:
         check(env_module.observation_space(tiles), env_module.action_space(tiles))
