@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from orl_gym.actions import ActionConfig
+from orl_gym.configs import apply_env_overrides
 from orl_gym.data import paper_category
 from orl_gym.evaluation import (
     BASELINE_METHODS,
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the run's env, as orl-gym's (num_inference_steps=8 actions.max_stride=8 "
+                             "reward.efficiency_weight=0): the headroom of another setting of the same env; the "
+                             "report then holds no policy (--report is refused)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"constant_action_headroom: {args.run} is not a run folder (no config.yaml)")
     started = time.perf_counter()
     config = yaml.safe_load(config_path.read_text())
-    env_kwargs = config["env_kwargs"]
+    if args.env_kwargs and args.report:
+        raise SystemExit("constant_action_headroom: --report compares the run's policy on the run's own env; with "
+                         "--env-kwargs the env differs, so leave one of them out")
+    try:
+        env_kwargs = apply_env_overrides(config["env_kwargs"], args.env_kwargs)
+    except ValueError as error:
+        raise SystemExit(f"constant_action_headroom: {error}") from None
     actions = ActionConfig(**env_kwargs.get("actions", {}))
     grid, _ = grid_for_actions(GRID, actions)
     categories, _ = paper_categories_present(env_kwargs)  # as report_results.py: one without images is left out
@@ -138,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Regenerate: `{rerun_command(__file__, argv)}`  ",
         f"Machine: {machine_description()}; wall time {(time.perf_counter() - started) / 60:.1f} min.",
         "",
-        f"Run `{args.run}` (its env: model `{env_kwargs.get('model')}`, max_stride {actions.max_stride}); grid "
+        f"Run `{args.run}` (its env: model `{env_kwargs.get('model')}`, max_stride {actions.max_stride}"
+        + (f"; changed: {', '.join(f'`{item}`' for item in args.env_kwargs)}" if args.env_kwargs else "") + "); grid "
         f"{' x '.join(f'{k} {list(v)}' for k, v in grid.items())} = {len(settings)} settings, each on all "
         f"{len(validation)} validation and {len(test)} test images of the paper's categories (center crops, "
         "the same noise for every setting). Rewards as report_results.py's; paired 95% intervals against the "

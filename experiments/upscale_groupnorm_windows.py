@@ -40,7 +40,7 @@ from upscale_example import first_test_image, load_pair, parse_with_data, psnr
 from orl_gym import sampler
 from orl_gym.io import machine_description, rerun_command, write_report
 from orl_gym.upscale import NoiseField, sampler_from_name, upscale_tiles
-from orl_gym.upscale.grid import _positions
+from orl_gym.upscale.grid import tile_starts
 
 TILE = 32
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,7 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def centres(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
     """(window start, centre start, centre end) along one axis: upscale's tile positions, each
     window keeping the pixels up to the middle of its overlaps with its neighbours."""
-    starts = _positions(length, tile, overlap)
+    starts = tile_starts(length, tile, overlap)
     cuts = [0] + [(starts[i] + tile + starts[i + 1]) // 2 for i in range(len(starts) - 1)] + [length]
     return [(start, cuts[i], cuts[i + 1]) for i, start in enumerate(starts)]
 

@@ -123,6 +123,27 @@ def test_report_results_from_two_runs(preset, tmp_path):
     text = headroom.with_suffix(".md").read_text()
     assert "| Forest |" in text and "python experiments/constant_action_headroom.py --run" in text
 
+    # --env-kwargs: the same grid on a changed env. Without the efficiency term a setting's reward
+    # changes by exactly its efficiency term: none for stride 1 (the default schedule's calls).
+    quality = tmp_path / "headroom_quality"
+    assert _script("constant_action_headroom").main(["--run", str(runs / "ppo"), "--out", str(quality),
+                                                     "--max-images", "5", "--n-envs", "2",
+                                                     "--env-kwargs", "reward.efficiency_weight=0"]) == 0
+    changed = json.loads(quality.with_suffix(".json").read_text())
+    assert changed["settings"] == summary["settings"] and "PPO (report_results.py)" not in changed["methods"]
+    for setting, before, after in zip(summary["settings"], summary["test_reward"], changed["test_reward"], strict=True):
+        if setting["stride"] == 1:
+            assert after == pytest.approx(before, abs=1e-9)
+        else:  # fewer calls than the default schedule: the efficiency term was positive
+            assert after < before
+    assert "changed: `reward.efficiency_weight=0`" in quality.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="--report compares the run's policy"):
+        _script("constant_action_headroom").main(["--run", str(runs / "ppo"), "--report", str(out), "--out",
+                                                  str(quality), "--env-kwargs", "reward.efficiency_weight=0"])
+    with pytest.raises(SystemExit, match="unknown reward field 'efficency_weight'"):
+        _script("constant_action_headroom").main(["--run", str(runs / "ppo"), "--out", str(quality),
+                                                  "--env-kwargs", "reward.efficency_weight=0"])
+
 
 def test_bench_env_reports_rates_ratio_and_the_arithmetic_bound(preset, tmp_path):
     out = tmp_path / "bench_env.md"

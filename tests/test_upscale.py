@@ -62,7 +62,7 @@ def _reference(tiles: upscale.TileSampler, lr: torch.Tensor, seed: int, params: 
 @pytest.mark.parametrize(("length", "tile", "overlap"), [(16, 16, 4), (17, 16, 4), (64, 16, 4), (100, 32, 8),
                                                          (257, 64, 8), (40, 16, 0), (50, 16, 15)])
 def test_tiles_cover_the_image_with_at_least_the_overlap(length, tile, overlap):
-    starts = grid._positions(length, tile, overlap)
+    starts = grid.tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == max(length, tile)
     gaps = np.diff(starts)
     assert (gaps >= 1).all() and (gaps <= tile - overlap).all()  # neighbours share >= overlap pixels

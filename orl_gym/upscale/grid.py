@@ -18,14 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NOISE_BLOCK", "NoiseField", "TileGrid", "blend_window"]
+__all__ = ["NOISE_BLOCK", "NoiseField", "TileGrid", "blend_window", "tile_starts"]
 
 NOISE_BLOCK = 16
 """Side, in latent pixels, of the blocks a ``NoiseField`` is drawn in."""
 
 
 
-def _positions(length: int, tile: int, overlap: int) -> tuple[int, ...]:
+def tile_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
     """Tile starts along one axis: evenly spread from 0 to ``length - tile``, neighbours sharing
     at least ``overlap`` pixels (one tile at 0 when it covers the axis)."""
     if length <= tile:
@@ -53,7 +53,7 @@ class TileGrid:
     @classmethod
     def build(cls, height: int, width: int, *, tile_height: int, tile_width: int, overlap: int) -> TileGrid:
         return cls(height=height, width=width, tile_height=tile_height, tile_width=tile_width, overlap=overlap,
-                   tops=_positions(height, tile_height, overlap), lefts=_positions(width, tile_width, overlap))
+                   tops=tile_starts(height, tile_height, overlap), lefts=tile_starts(width, tile_width, overlap))
 
     @property
     def padded_height(self) -> int:
